@@ -1,0 +1,241 @@
+/**
+ * Training and evaluation: the tutorial's `train` and `compute_accuracy`, with Adam and cross-entropy.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { Module } from "./layers.ts";
+import { trainableVariables } from "./model.ts";
+import type { Batch, DataLoader } from "./mnist.ts";
+
+/**
+ * Adam as PyTorch's `torch.optim.Adam(params, lr)` sets it up: β₁ = 0.9, β₂ = 0.999, ε = 1e-8
+ * (tfjs's own default ε is 1e-7).
+ *
+ * @example
+ * ```ts
+ * import { adam } from "./train.ts";
+ * const optimizer = adam(0.005);
+ * optimizer.dispose();
+ * ```
+ */
+export function adam(learningRate: number): tf.AdamOptimizer {
+  if (!(learningRate > 0) || !Number.isFinite(learningRate)) {
+    throw new RangeError(`adam: learningRate must be a positive finite number; got ${learningRate}.`);
+  }
+  return tf.train.adam(learningRate, 0.9, 0.999, 1e-8);
+}
+
+/**
+ * Mean cross-entropy between logits `[batch, classes]` and one-hot targets `[batch, classes]`:
+ * PyTorch's `F.cross_entropy`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { crossEntropy } from "./train.ts";
+ * crossEntropy(tf.zeros([1, 10]), tf.oneHot([3], 10).toFloat()).print(); // ln 10 ≈ 2.3026
+ * ```
+ */
+export function crossEntropy(logits: tf.Tensor2D, oneHotTargets: tf.Tensor2D): tf.Scalar {
+  return tf.losses.softmaxCrossEntropy(oneHotTargets, logits) as tf.Scalar;
+}
+
+/** What {@linkcode train} reports every `logEvery` batches. */
+export interface Progress {
+  /** Zero-based epoch. */
+  epoch: number;
+  /** Number of epochs in this run. */
+  epochs: number;
+  /** Batches done in this epoch. */
+  batch: number;
+  /** Batches per epoch. */
+  batches: number;
+  /** Loss of the latest batch. */
+  loss: number;
+  /** Seconds since training started. */
+  seconds: number;
+}
+
+/** What {@linkcode train} reports after each epoch. */
+export interface EpochSummary {
+  /** Zero-based epoch. */
+  epoch: number;
+  /** Mean training loss over the epoch's batches. */
+  meanLoss: number;
+  /** Seconds this epoch took. */
+  seconds: number;
+}
+
+/** Options for {@linkcode train}. */
+export interface TrainOptions {
+  /** Passes over the training data. */
+  epochs: number;
+  /** Called every `logEvery` batches (and after the last batch of each epoch); may be async. */
+  onProgress?: (progress: Progress) => void | Promise<void>;
+  /** Called after each epoch; may be async (to evaluate, say). */
+  onEpochEnd?: (summary: EpochSummary) => void | Promise<void>;
+  /** Batches between progress reports; default 50. Each report reads the loss back from the backend. */
+  logEvery?: number;
+}
+
+/** The record of a training run. */
+export interface TrainHistory {
+  /** Each epoch's summary. */
+  epochs: EpochSummary[];
+  /** The loss at every progress report, as `[global step, loss]`, for plotting. */
+  losses: [number, number][];
+  /** Total optimizer steps. */
+  steps: number;
+  /** Total seconds. */
+  seconds: number;
+}
+
+/**
+ * Trains `model` with `optimizer` on the batches of `loader`, updating only its trainable variables (so a
+ * model whose base layers were frozen with `freezeLinearLayers` trains only A and B).
+ *
+ * @example
+ * ```ts
+ * import { adam, train } from "./train.ts";
+ * import { MultilayerPerceptron } from "./model.ts";
+ * import { DataLoader, loadMnist } from "./mnist.ts";
+ * const { train: data } = await loadMnist({ limit: 640 });
+ * const model = new MultilayerPerceptron(784, 128, 256, 10, { seed: 123 });
+ * const optimizer = adam(0.005);
+ * const history = await train(model, optimizer, new DataLoader(data, { batchSize: 64, shuffle: true }), {
+ *   epochs: 1,
+ * });
+ * console.log(history.steps); // 10
+ * optimizer.dispose();
+ * model.dispose();
+ * ```
+ */
+export async function train(
+  model: Module,
+  optimizer: tf.Optimizer,
+  loader: DataLoader,
+  options: TrainOptions,
+): Promise<TrainHistory> {
+  const { epochs, onProgress, onEpochEnd } = options;
+  const logEvery = options.logEvery ?? 50;
+  if (!Number.isInteger(epochs) || epochs < 0) {
+    throw new RangeError(`train: epochs must be a non-negative integer; got ${epochs}.`);
+  }
+  if (!Number.isInteger(logEvery) || logEvery <= 0) {
+    throw new RangeError(`train: logEvery must be a positive integer; got ${logEvery}.`);
+  }
+  const variables = trainableVariables(model);
+  if (variables.length === 0) throw new Error("train: the model has no trainable parameters.");
+
+  const history: TrainHistory = { epochs: [], losses: [], steps: 0, seconds: 0 };
+  const start = performance.now();
+  const batches = loader.length;
+  for (let epoch = 0; epoch < epochs; epoch++) {
+    const epochStart = performance.now();
+    // The loss is summed on the backend and read once per epoch, not once per batch.
+    let lossSum: tf.Scalar = tf.scalar(0);
+    let batch = 0;
+    for (const data of loader) {
+      const loss = trainStep(model, optimizer, data, variables);
+      const nextSum = tf.add(lossSum, loss) as tf.Scalar;
+      lossSum.dispose();
+      lossSum = nextSum;
+      batch++;
+      history.steps++;
+      if (batch % logEvery === 0 || batch === batches) {
+        const value = (await loss.data())[0];
+        history.losses.push([history.steps, value]);
+        const seconds = (performance.now() - start) / 1000;
+        await onProgress?.({ epoch, epochs, batch, batches, loss: value, seconds });
+      }
+      loss.dispose();
+    }
+    const meanLoss = (await lossSum.data())[0] / Math.max(batch, 1);
+    lossSum.dispose();
+    const summary = { epoch, meanLoss, seconds: (performance.now() - epochStart) / 1000 };
+    history.epochs.push(summary);
+    await onEpochEnd?.(summary);
+  }
+  history.seconds = (performance.now() - start) / 1000;
+  return history;
+}
+
+/**
+ * One optimizer step on one batch; returns the batch's loss as a scalar tensor the caller must dispose.
+ *
+ * @example
+ * ```ts
+ * import { adam, trainStep } from "./train.ts";
+ * import { MultilayerPerceptron, trainableVariables } from "./model.ts";
+ * const model = new MultilayerPerceptron(4, 3, 3, 2);
+ * const optimizer = adam(0.01);
+ * const batch = { features: new Float32Array(8), labels: new Int32Array([0, 1]), size: 2 };
+ * const loss = trainStep(model, optimizer, batch, trainableVariables(model));
+ * loss.print();
+ * loss.dispose();
+ * ```
+ */
+export function trainStep(
+  model: Module,
+  optimizer: tf.Optimizer,
+  batch: Batch,
+  variables: tf.Variable[],
+): tf.Scalar {
+  const width = batch.features.length / batch.size;
+  const x = tf.tensor2d(batch.features, [batch.size, width]);
+  try {
+    return optimizer.minimize(
+      () => {
+        const logits = model.apply(x);
+        return crossEntropy(logits, oneHot(batch.labels, logits.shape[1]));
+      },
+      true,
+      variables,
+    )!;
+  } finally {
+    x.dispose();
+  }
+}
+
+/**
+ * Percentage of examples whose highest logit is the true label: the tutorial's `compute_accuracy`.
+ *
+ * @example
+ * ```ts
+ * import { computeAccuracy } from "./train.ts";
+ * import { MultilayerPerceptron } from "./model.ts";
+ * import { DataLoader, loadMnist } from "./mnist.ts";
+ * const { test } = await loadMnist({ limit: 100 });
+ * const model = new MultilayerPerceptron(784, 128, 256, 10);
+ * console.log(computeAccuracy(model, new DataLoader(test, { batchSize: 64 }))); // about 10 before training
+ * model.dispose();
+ * ```
+ */
+export function computeAccuracy(model: Module, loader: Iterable<Batch>): number {
+  let correct = 0, total = 0;
+  for (const batch of loader) {
+    const width = batch.features.length / batch.size;
+    const predicted = tf.tidy(() => {
+      const logits = model.apply(tf.tensor2d(batch.features, [batch.size, width]));
+      return tf.argMax(logits, 1);
+    });
+    const labels = predicted.dataSync();
+    predicted.dispose();
+    for (let i = 0; i < batch.size; i++) if (labels[i] === batch.labels[i]) correct++;
+    total += batch.size;
+  }
+  if (total === 0) throw new Error("computeAccuracy: the loader yielded no examples.");
+  return (correct / total) * 100;
+}
+
+function oneHot(labels: Int32Array, classes: number): tf.Tensor2D {
+  const values = new Float32Array(labels.length * classes);
+  labels.forEach((label, i) => {
+    if (!(label >= 0 && label < classes)) {
+      throw new RangeError(`Label ${label} at index ${i} is outside 0–${classes - 1}.`);
+    }
+    values[i * classes + label] = 1;
+  });
+  return tf.tensor2d(values, [labels.length, classes]);
+}
