@@ -137,10 +137,13 @@ export class Linear implements Module {
     this.outFeatures = outFeatures;
     const bound = 1 / Math.sqrt(inFeatures);
     const seed = options.seed ?? nextSeed();
-    this.weight = tf.variable(tf.randomUniform([inFeatures, outFeatures], -bound, bound, "float32", seed));
+    // tidy frees the initial values; the variables themselves outlive it.
+    this.weight = tf.tidy(() =>
+      tf.variable(tf.randomUniform([inFeatures, outFeatures], -bound, bound, "float32", seed))
+    );
     this.bias = options.bias === false
       ? null
-      : tf.variable(tf.randomUniform([outFeatures], -bound, bound, "float32", seed + 1));
+      : tf.tidy(() => tf.variable(tf.randomUniform([outFeatures], -bound, bound, "float32", seed + 1)));
   }
 
   apply(x: tf.Tensor2D, needsInputGrad = true): tf.Tensor2D {
@@ -258,8 +261,8 @@ export class LoRALayer implements Module {
     this.convention = options.scaling ?? "tutorial";
     this.scaling = loraScaling(alpha, rank, this.convention);
     const std = 1 / Math.sqrt(rank);
-    this.A = tf.variable(tf.randomNormal([inDim, rank], 0, std, "float32", options.seed ?? nextSeed()));
-    this.B = tf.variable(tf.zeros([rank, outDim]));
+    this.A = tf.tidy(() => tf.variable(tf.randomNormal([inDim, rank], 0, std, "float32", options.seed ?? nextSeed())));
+    this.B = tf.tidy(() => tf.variable(tf.zeros([rank, outDim])));
   }
 
   apply(x: tf.Tensor2D, needsInputGrad = true): tf.Tensor2D {

@@ -1,0 +1,157 @@
+import * as tf from "@tensorflow/tfjs";
+import {
+  initBackend,
+  Linear,
+  LinearWithLoRA,
+  LinearWithLoRAMerged,
+  LoRALayer,
+  loraScaling,
+  matMul,
+  ReLU,
+} from "../lib/mod.ts";
+import { assert, assertBitIdentical, assertClose, assertEquals, assertNoLeak, assertThrows } from "./assert.ts";
+
+await initBackend();
+
+/** Gives A and B non-zero values by a few optimizer steps toward a random target, so merges are non-trivial. */
+function trainLoRA(layer: LinearWithLoRA, steps = 5): void {
+  const x = tf.randomNormal([8, layer.linear.inFeatures], 0, 1, "float32", 7) as tf.Tensor2D;
+  const target = tf.randomNormal([8, layer.linear.outFeatures], 0, 1, "float32", 8);
+  const optimizer = tf.train.adam(0.05);
+  for (let i = 0; i < steps; i++) {
+    optimizer.minimize(() => tf.losses.meanSquaredError(target, layer.apply(x)) as tf.Scalar, false, [
+      layer.lora.A,
+      layer.lora.B,
+    ]);
+  }
+  optimizer.dispose();
+  tf.dispose([x, target]);
+}
+
+Deno.test("LoRALayer has A [in, rank] with std 1/sqrt(rank), B [rank, out] of zeros", () => {
+  const lora = new LoRALayer(500, 300, 4, 8, { seed: 1 });
+  assertEquals(lora.A.shape, [500, 4]);
+  assertEquals(lora.B.shape, [4, 300]);
+  assertEquals(Array.from(new Set(lora.B.dataSync())), [0]);
+  const a = Array.from(lora.A.dataSync());
+  const mean = a.reduce((s, v) => s + v, 0) / a.length;
+  const std = Math.sqrt(a.reduce((s, v) => s + (v - mean) ** 2, 0) / a.length);
+  assert.ok(Math.abs(std - 0.5) < 0.02, `std of A is ${std}, expected 1/sqrt(4) = 0.5`);
+  lora.dispose();
+});
+
+Deno.test("scaling conventions: tutorial alpha, paper alpha/r, rsLoRA alpha/sqrt(r)", () => {
+  assertEquals([loraScaling(8, 4), loraScaling(8, 4, "paper"), loraScaling(8, 16, "rslora")], [8, 2, 2]);
+  const layer = new LoRALayer(6, 5, 2, 3, { scaling: "paper", seed: 2 });
+  layer.B.assign(tf.ones([2, 5]));
+  const x = tf.ones([1, 6]) as tf.Tensor2D;
+  // x·A·B with B all ones sums A's entries into every output; the paper scales that by 3 / 2.
+  const expected = tf.mul(tf.sum(layer.A), 1.5).dataSync()[0];
+  const out = layer.apply(x).dataSync();
+  for (const v of out) assert.ok(Math.abs(v - expected) < 1e-5, `${v} vs ${expected}`);
+  assertThrows(() => loraScaling(1, 1, "other" as "paper"), RangeError, /expected "tutorial", "paper" or "rslora"/);
+  tf.dispose([x]);
+  layer.dispose();
+});
+
+Deno.test("LoRA at initialisation leaves every output bit-identical to the base layer", () => {
+  for (const Wrapper of [LinearWithLoRA, LinearWithLoRAMerged]) {
+    const base = new Linear(20, 7, { seed: 3 });
+    const x = tf.randomNormal([5, 20], 0, 1, "float32", 4) as tf.Tensor2D;
+    const expected = base.apply(x);
+    const wrapped = new Wrapper(base.clone(), 2, 4, { seed: 5 });
+    const got = wrapped.apply(x);
+    assertBitIdentical(got, expected, Wrapper.name);
+    tf.dispose([x, expected, got]);
+    base.dispose();
+    wrapped.dispose();
+  }
+});
+
+Deno.test("after training A and B, merged and unmerged outputs agree within 1e-5", () => {
+  const layer = new LinearWithLoRA(new Linear(30, 12, { seed: 6 }), 3, 2, { seed: 7 });
+  trainLoRA(layer);
+  assert.ok(tf.abs(layer.lora.B).max().dataSync()[0] > 0.01, "B should have moved away from zero");
+  const merged = new LinearWithLoRAMerged(layer.linear.clone(), 3, 2);
+  merged.lora.A.assign(layer.lora.A);
+  merged.lora.B.assign(layer.lora.B);
+  const x = tf.randomNormal([16, 30], 0, 1, "float32", 9) as tf.Tensor2D;
+  const unmergedOut = layer.apply(x);
+  const mergedOut = merged.apply(x);
+  // Both differ from the base output, so the agreement below is not the trivial one.
+  const baseOut = layer.linear.apply(x);
+  assert.ok(tf.abs(tf.sub(unmergedOut, baseOut)).max().dataSync()[0] > 1e-2);
+  assertClose(mergedOut, unmergedOut, 1e-5, "x·(W + s·A·B) + b vs x·W + b + s·x·A·B");
+  tf.dispose([x, unmergedOut, mergedOut, baseOut]);
+  layer.dispose();
+  merged.dispose();
+});
+
+Deno.test("merge() folds the update into W, unmerge() restores W within float32 rounding", () => {
+  const layer = new LinearWithLoRA(new Linear(30, 12, { seed: 10 }), 3, 2, { seed: 11 });
+  trainLoRA(layer);
+  const x = tf.randomNormal([4, 30], 0, 1, "float32", 12) as tf.Tensor2D;
+  const before = layer.apply(x);
+  const original = layer.linear.weight.clone();
+  layer.merge();
+  assert.ok(layer.merged);
+  const afterMerge = layer.apply(x);
+  assertClose(afterMerge, before, 1e-5, "merged output");
+  assertThrows(() => layer.merge(), Error, /already merged/);
+  layer.unmerge();
+  // W + Δ − Δ in float32 is W up to half an ulp of |W + Δ| per operation; |W + Δ| < 4 here, so 2⁻²¹ bounds it.
+  const maxMagnitude = tf.max(tf.abs(tf.add(original, layer.lora.deltaWeight()))).dataSync()[0];
+  assert.ok(maxMagnitude < 4);
+  assertClose(layer.linear.weight, original, 2 ** -21, "W after merge + unmerge");
+  assertThrows(() => layer.unmerge(), Error, /not merged/);
+  tf.dispose([x, before, afterMerge, original]);
+  layer.dispose();
+});
+
+Deno.test("bad arguments are clear errors naming what was expected", () => {
+  const base = new Linear(10, 6);
+  const count = tf.memory().numTensors;
+  assertThrows(() => new LinearWithLoRA(base, 0, 1), RangeError, /integer from 1 to min\(in, out\) = 6.*got 0/);
+  assertThrows(() => new LinearWithLoRA(base, -2, 1), RangeError, /got -2/);
+  assertThrows(() => new LinearWithLoRA(base, 1.5, 1), RangeError, /got 1.5/);
+  assertThrows(() => new LinearWithLoRA(base, 7, 1), RangeError, /10×6 layer; got 7/);
+  assertThrows(() => new LoRALayer(10, 6, 2, Number.NaN), RangeError, /alpha must be a finite number; got NaN/);
+  assertThrows(() => new LoRALayer(10, 6, 2, Infinity), RangeError, /got Infinity/);
+  assertThrows(() => new LinearWithLoRA(new ReLU(), 2, 1), TypeError, /wraps a Linear layer; got ReLU/);
+  assertThrows(() => new Linear(0, 3), RangeError, /inFeatures must be a positive integer; got 0/);
+  assertEquals(tf.memory().numTensors, count, "a rejected layer must not leave tensors behind");
+  const layer = new LinearWithLoRA(base, 2, 1);
+  const wrong = tf.zeros([3, 11]) as tf.Tensor2D;
+  assertThrows(() => layer.apply(wrong), RangeError, /expects input of shape \[batch, 10\]; got \[3, 11\]/);
+  assertThrows(() => layer.apply(tf.zeros([10]) as unknown as tf.Tensor2D), RangeError, /got \[10\]/);
+  wrong.dispose();
+  layer.dispose();
+});
+
+Deno.test("matMul's hand-written gradients equal tfjs's own", () => {
+  const a = tf.variable(tf.randomNormal([5, 7], 0, 1, "float32", 13)) as tf.Variable<tf.Rank.R2>;
+  const b = tf.variable(tf.randomNormal([7, 3], 0, 1, "float32", 14)) as tf.Variable<tf.Rank.R2>;
+  const loss = (f: () => tf.Tensor) => () => tf.sum(tf.square(f())) as tf.Scalar;
+  const reference = tf.variableGrads(loss(() => tf.matMul(a, b)), [a, b]);
+  for (const [gradA, gradB] of [[true, true], [true, false], [false, true]]) {
+    const vars = [gradA ? a : null, gradB ? b : null].filter((v) => v !== null);
+    const ours = tf.variableGrads(loss(() => matMul(a, b, gradA, gradB)), vars);
+    for (const v of vars) assertClose(ours.grads[v.name], reference.grads[v.name], 1e-4, `d/d${v.name}`);
+    tf.dispose(ours);
+  }
+  tf.dispose(reference);
+  tf.dispose([a, b]);
+});
+
+Deno.test("forward passes and clones leave no tensors behind", async () => {
+  const layer = new LinearWithLoRAMerged(new Linear(8, 4), 2, 2);
+  const x = tf.ones([2, 8]) as tf.Tensor2D;
+  await assertNoLeak(() => layer.apply(x).dispose());
+  await assertNoLeak(() => layer.clone().dispose());
+  await assertNoLeak(() => {
+    layer.merge();
+    layer.unmerge();
+  });
+  x.dispose();
+  layer.dispose();
+});
