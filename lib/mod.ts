@@ -7,6 +7,8 @@
  * - {@link ./train.ts}: `train`, `computeAccuracy`, Adam, cross-entropy.
  * - {@link ./backend.ts}: `initBackend` picks wasm, cpu, webgpu or the CUDA backend.
  * - {@link ./ops.ts}: the matrix product with a hand-written, selective gradient.
+ * - {@link ./adapters.ts}: weights and LoRA adapters as files (safetensors, PEFT's layout), several adapters.
+ * - {@link ./safetensors.ts}: the safetensors file format on its own.
  *
  * @example Finetune a trained model with LoRA
  * ```ts
@@ -25,3 +27,5 @@ export * from "./model.ts";
 export * from "./mnist.ts";
 export * from "./ops.ts";
 export * from "./train.ts";
+export * from "./adapters.ts";
+export * from "./safetensors.ts";

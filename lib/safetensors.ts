@@ -1,0 +1,235 @@
+/**
+ * The safetensors file format, on its own: bytes in, named float32 arrays out, and back. It knows nothing
+ * about TensorFlow.js or models; {@link ./adapters.ts} builds on it.
+ *
+ * A safetensors file is three parts:
+ *
+ * 1. 8 bytes: the header's length `N`, an unsigned 64-bit little-endian integer;
+ * 2. `N` bytes: a UTF-8 JSON object. Each key names a tensor and maps to
+ *    `{"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}`; the optional key `__metadata__` maps
+ *    to an object of strings. The reference writer pads the JSON with spaces to a multiple of 8 bytes;
+ * 3. the data: every tensor's values, little-endian, row-major, at `[begin, end)` counted from the first byte
+ *    after the header. Tensors tile the data exactly: no gaps, no overlaps, nothing left over.
+ *
+ * This writer produces what the reference writer (Hugging Face's `safetensors`) produces for float32
+ * tensors: compact JSON, `__metadata__` first, tensors sorted by name, data in the same order.
+ *
+ * @module
+ */
+
+/** A tensor as stored here: its shape and its values, row-major, as float32. */
+export interface TensorData {
+  /** Dimensions; `[]` for a scalar. */
+  shape: number[];
+  /** `shape`'s product many values. */
+  data: Float32Array;
+}
+
+/** A tensor read from a file: its values converted to float32, and the dtype it was stored in. */
+export interface StoredTensor extends TensorData {
+  /** `"F32"`, `"F16"` or `"BF16"`: the dtypes this reader converts. */
+  dtype: Dtype;
+}
+
+/** The dtypes this module reads. It writes only `"F32"`. */
+export type Dtype = "F32" | "F16" | "BF16";
+
+/** What {@linkcode decodeSafetensors} returns. */
+export interface Safetensors {
+  /** Tensors by name, in the order the header lists them. */
+  tensors: Map<string, StoredTensor>;
+  /** The header's `__metadata__` (string to string); empty when there is none. */
+  metadata: Record<string, string>;
+}
+
+/** The largest header this reader accepts, in bytes: 100 MB, the reference implementation's limit. */
+export const MAX_HEADER_BYTES = 100_000_000;
+
+const BYTES_PER_VALUE: Record<Dtype, number> = { F32: 4, F16: 2, BF16: 2 };
+
+/**
+ * Serialises float32 tensors, and optional string metadata, into the bytes of a safetensors file.
+ *
+ * @example
+ * ```ts
+ * import { encodeSafetensors } from "./safetensors.ts";
+ * const bytes = encodeSafetensors(new Map([["w", { shape: [2], data: new Float32Array([1, 2]) }]]));
+ * console.log(bytes.length); // 8 + 56 (header padded to a multiple of 8) + 8
+ * ```
+ */
+export function encodeSafetensors(
+  tensors: Map<string, TensorData>,
+  metadata: Record<string, string> = {},
+): Uint8Array {
+  const names = [...tensors.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const name of names) {
+    const { shape, data } = tensors.get(name)!;
+    if (name === "" || name === "__metadata__") {
+      throw new RangeError(`encodeSafetensors: "${name}" cannot name a tensor.`);
+    }
+    if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0) || product(shape) !== data.length) {
+      throw new RangeError(
+        `encodeSafetensors: tensor "${name}" has shape [${shape.join(", ")}] but ${data.length} values.`,
+      );
+    }
+    header[name] = { dtype: "F32", shape, data_offsets: [offset, offset + 4 * data.length] };
+    offset += 4 * data.length;
+  }
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const headerLength = Math.ceil(json.length / 8) * 8; // padded with spaces, as the reference writer does
+  const bytes = new Uint8Array(8 + headerLength + offset);
+  const view = new DataView(bytes.buffer);
+  view.setBigUint64(0, BigInt(headerLength), true);
+  bytes.set(json, 8);
+  bytes.fill(0x20, 8 + json.length, 8 + headerLength);
+  let at = 8 + headerLength;
+  for (const name of names) {
+    for (const value of tensors.get(name)!.data) {
+      view.setFloat32(at, value, true);
+      at += 4;
+    }
+  }
+  return bytes;
+}
+
+/**
+ * Parses and checks the bytes of a safetensors file. Values stored as F32, F16 or BF16 come back as float32.
+ * Anything malformed throws an error that names the problem: a header length past the end of the file or
+ * over {@linkcode MAX_HEADER_BYTES}, a header that is not a JSON object, an unknown or unsupported dtype, a
+ * shape whose size disagrees with its byte range, offsets outside the data, overlapping or leaving gaps.
+ *
+ * @example
+ * ```ts
+ * import { decodeSafetensors, encodeSafetensors } from "./safetensors.ts";
+ * const bytes = encodeSafetensors(new Map([["w", { shape: [1, 2], data: new Float32Array([1, 2]) }]]));
+ * const { tensors } = decodeSafetensors(bytes);
+ * console.log(tensors.get("w")); // { dtype: "F32", shape: [1, 2], data: Float32Array(2) [1, 2] }
+ * ```
+ */
+export function decodeSafetensors(bytes: Uint8Array): Safetensors {
+  if (bytes.length < 8) {
+    throw new RangeError(`safetensors: the file has ${bytes.length} bytes; it must start with an 8-byte length.`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const declared = view.getBigUint64(0, true);
+  if (declared > BigInt(MAX_HEADER_BYTES)) {
+    throw new RangeError(`safetensors: header length ${declared} exceeds the limit of ${MAX_HEADER_BYTES} bytes.`);
+  }
+  const headerLength = Number(declared);
+  if (8 + headerLength > bytes.length) {
+    throw new RangeError(
+      `safetensors: header length ${headerLength} runs past the end of the ${bytes.length}-byte file.`,
+    );
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLength)));
+  } catch (error) {
+    throw new SyntaxError(`safetensors: the header is not valid UTF-8 JSON (${(error as Error).message}).`);
+  }
+  if (!isObject(header)) throw new SyntaxError("safetensors: the header must be a JSON object.");
+
+  const dataStart = 8 + headerLength;
+  const dataLength = bytes.length - dataStart;
+  const metadata = readMetadata(header.__metadata__);
+  const entries = Object.entries(header).filter(([name]) => name !== "__metadata__")
+    .map(([name, info]) => ({ name, ...readInfo(name, info, dataLength) }));
+
+  // The tensors must tile the data region exactly, as the reference reader requires.
+  let end = 0;
+  for (const entry of [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end)) {
+    if (entry.begin < end) {
+      throw new RangeError(
+        `safetensors: tensor "${entry.name}" at bytes [${entry.begin}, ${entry.end}) overlaps another.`,
+      );
+    }
+    if (entry.begin > end) {
+      throw new RangeError(`safetensors: bytes [${end}, ${entry.begin}) of the data belong to no tensor.`);
+    }
+    end = entry.end;
+  }
+  if (end !== dataLength) {
+    throw new RangeError(`safetensors: the data has ${dataLength} bytes but the tensors cover ${end}.`);
+  }
+
+  const tensors = new Map<string, StoredTensor>();
+  for (const { name, dtype, shape, begin } of entries) {
+    tensors.set(name, { dtype, shape, data: readValues(view, dtype, dataStart + begin, product(shape)) });
+  }
+  return { tensors, metadata };
+}
+
+function readInfo(name: string, info: unknown, dataLength: number) {
+  const where = `safetensors: tensor "${name}"`;
+  if (!isObject(info)) throw new SyntaxError(`${where} must map to an object with dtype, shape and data_offsets.`);
+  const { dtype, shape, data_offsets: offsets } = info;
+  if (typeof dtype !== "string" || !(dtype in BYTES_PER_VALUE)) {
+    throw new TypeError(`${where} has dtype ${JSON.stringify(dtype)}; this reader supports F32, F16 and BF16.`);
+  }
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new SyntaxError(`${where} has shape ${JSON.stringify(shape)}; expected an array of non-negative integers.`);
+  }
+  if (
+    !Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+    offsets[0] > offsets[1]
+  ) {
+    throw new SyntaxError(`${where} has data_offsets ${JSON.stringify(offsets)}; expected [begin, end], begin ≤ end.`);
+  }
+  const [begin, end] = offsets as [number, number];
+  if (end > dataLength) {
+    throw new RangeError(`${where} at bytes [${begin}, ${end}) lies outside the ${dataLength}-byte data.`);
+  }
+  const expected = product(shape) * BYTES_PER_VALUE[dtype as Dtype];
+  if (end - begin !== expected) {
+    throw new RangeError(
+      `${where}: shape [${shape.join(", ")}] in ${dtype} needs ${expected} bytes; data_offsets give ${end - begin}.`,
+    );
+  }
+  return { dtype: dtype as Dtype, shape: shape as number[], begin, end };
+}
+
+function readMetadata(metadata: unknown): Record<string, string> {
+  if (metadata === undefined) return {};
+  if (!isObject(metadata) || !Object.values(metadata).every((v) => typeof v === "string")) {
+    throw new SyntaxError("safetensors: __metadata__ must be an object whose values are strings.");
+  }
+  return { ...metadata } as Record<string, string>;
+}
+
+function readValues(view: DataView, dtype: Dtype, at: number, count: number): Float32Array {
+  const out = new Float32Array(count);
+  if (dtype === "F32") {
+    for (let i = 0; i < count; i++) out[i] = view.getFloat32(at + 4 * i, true);
+  } else if (dtype === "BF16") {
+    // bfloat16 is the top half of a float32.
+    const word = new DataView(new ArrayBuffer(4));
+    for (let i = 0; i < count; i++) {
+      word.setUint32(0, view.getUint16(at + 2 * i, true) << 16);
+      out[i] = word.getFloat32(0);
+    }
+  } else {
+    for (let i = 0; i < count; i++) out[i] = halfToFloat(view.getUint16(at + 2 * i, true));
+  }
+  return out;
+}
+
+/** IEEE 754 half precision (1 sign, 5 exponent, 10 fraction bits) to a number. */
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24; // zero and subnormals
+  if (exponent === 0x1f) return fraction === 0 ? sign * Infinity : NaN;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
+
+function product(shape: number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
