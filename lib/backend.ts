@@ -17,8 +17,6 @@ export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
 /** Every accepted {@linkcode BackendName}, in the order they are described in the README. */
 export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "webgpu", "tensorflow"];
 
-/** The versioned npm specifier of the CUDA backend, imported only when asked for. */
-const NODE_GPU = "npm:@tensorflow/tfjs-node-gpu@4.22.0";
 
 /**
  * Picks, loads and initialises a backend, and returns its name.
@@ -98,15 +96,14 @@ async function loadWebGpu(): Promise<void> {
 
 async function loadNodeGpu(): Promise<void> {
   try {
-    // A variable specifier keeps the package (and its CUDA download) out of every other install.
-    const specifier = NODE_GPU;
-    await import(specifier);
+    // Imported only on request: loading it without its native binding throws.
+    await import("@tensorflow/tfjs-node-gpu");
   } catch (error) {
     throw new Error(
-      `The tensorflow (CUDA) backend could not be loaded from ${NODE_GPU}: ${String(error)}\n` +
+      `The tensorflow (CUDA) backend could not be loaded from @tensorflow/tfjs-node-gpu: ${String(error)}\n` +
         "It needs the package's native binding (tfjs_binding.node), which its install script downloads " +
         "together with libtensorflow 2.9.1, plus CUDA 11.2 and cuDNN 8.1 on the library path. Install it on a " +
-        "machine with internet access (deno install --allow-scripts=npm:@tensorflow/tfjs-node-gpu), or use " +
+        "machine with internet access (deno install --allow-scripts=npm:@tensorflow/tfjs-node-gpu@4.22.0), or use " +
         "LORA_BACKEND=webgpu to run on a GPU through WebGPU instead.",
     );
   }

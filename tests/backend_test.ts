@@ -1,0 +1,48 @@
+import * as tf from "@tensorflow/tfjs";
+import { BACKEND_NAMES, initBackend } from "../lib/mod.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+
+Deno.test("the default backend is wasm, and LORA_BACKEND chooses another", async () => {
+  const saved = Deno.env.get("LORA_BACKEND");
+  try {
+    Deno.env.delete("LORA_BACKEND");
+    assertEquals(await initBackend(), "wasm");
+    assertEquals(tf.getBackend(), "wasm");
+    Deno.env.set("LORA_BACKEND", "cpu");
+    assertEquals(await initBackend(), "cpu");
+    assertEquals(tf.getBackend(), "cpu");
+    assertEquals(await initBackend("wasm"), "wasm", "an explicit name wins over the variable");
+  } finally {
+    if (saved === undefined) Deno.env.delete("LORA_BACKEND");
+    else Deno.env.set("LORA_BACKEND", saved);
+    await initBackend("wasm");
+  }
+});
+
+Deno.test("an unknown backend name is an error listing the valid ones", async () => {
+  await assertRejects(() => initBackend("cuda"), Error, /Unknown backend "cuda": expected one of wasm, cpu, webgpu/);
+  assertEquals(tf.getBackend(), "wasm", "a failed request leaves the current backend in place");
+  assertEquals([...BACKEND_NAMES], ["wasm", "cpu", "webgpu", "tensorflow"]);
+});
+
+Deno.test("the CUDA backend, when its native binding is missing, says what it needs", async () => {
+  // tfjs-node-gpu is not installed here (its install script downloads libtensorflow, which these machines
+  // cannot reach), so this exercises the failure path that users without CUDA will see.
+  await assertRejects(() => initBackend("tensorflow"), Error, /CUDA 11\.2 and cuDNN 8\.1.*LORA_BACKEND=webgpu/s);
+  assertEquals(tf.getBackend(), "wasm");
+});
+
+Deno.test("no console banner on backend start", async () => {
+  const messages: string[] = [];
+  const { warn, log } = console;
+  console.warn = (...args: unknown[]) => messages.push(args.join(" "));
+  console.log = console.warn;
+  try {
+    await initBackend("cpu");
+    tf.tensor([1, 2, 3]).dispose();
+    await initBackend("wasm");
+  } finally {
+    Object.assign(console, { warn, log });
+  }
+  assert.ok(!messages.some((m) => /running TensorFlow\.js in Node\.js/.test(m)), messages.join("\n"));
+});
