@@ -60,7 +60,7 @@ console.log(
 const model = new MultilayerPerceptron(numFeatures, numHidden1, numHidden2, numClasses, { seed });
 const baseCounts = countParameters(model);
 const base = await fit("base", model, epochs);
-const baseAccuracy = computeAccuracy(model, testLoader);
+const baseAccuracy = await computeAccuracy(model, testLoader);
 console.log(`base test accuracy ${baseAccuracy.toFixed(2)}%`);
 await Deno.mkdir("data", { recursive: true });
 await saveWeights(model, "data/mlp-base.safetensors");
@@ -69,7 +69,7 @@ await saveWeights(model, "data/mlp-base.safetensors");
 const lora = addLoRA(model.clone(), { rank, alpha, seed: seed + 1 });
 const counts = countParameters(lora);
 const loraRun = await fit("LoRA", lora, loraEpochs);
-const loraAccuracy = computeAccuracy(lora, testLoader);
+const loraAccuracy = await computeAccuracy(lora, testLoader);
 console.log(`LoRA test accuracy ${loraAccuracy.toFixed(2)}%`);
 
 // 3. Merged and unmerged must compute the same function: fold scaling·A·B into W and compare logits.
@@ -78,8 +78,9 @@ const unmergedLogits = lora.apply(images);
 const merged = lora.clone();
 for (const layer of merged.layers) if ("merge" in layer) (layer as LinearWithLoRA).merge();
 const mergedLogits = merged.apply(images);
-const mergeGap = tf.max(tf.abs(tf.sub(mergedLogits, unmergedLogits))).dataSync()[0];
-tf.dispose([images, unmergedLogits, mergedLogits]);
+const gap = tf.max(tf.abs(tf.sub(mergedLogits, unmergedLogits)));
+const mergeGap = (await gap.data())[0];
+tf.dispose([images, unmergedLogits, mergedLogits, gap]);
 
 const perEpoch = (h: TrainHistory) => (h.seconds / h.epochs.length).toFixed(1);
 const rate = (h: TrainHistory) => (h.steps / h.seconds).toFixed(0);

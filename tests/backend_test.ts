@@ -46,3 +46,32 @@ Deno.test("no console banner on backend start", async () => {
   }
   assert.ok(!messages.some((m) => /running TensorFlow\.js in Node\.js/.test(m)), messages.join("\n"));
 });
+
+Deno.test("webgpu (software Vulkan here) computes what cpu computes: outputs and LoRA gradients", async () => {
+  const { Linear, LinearWithLoRA, crossEntropy } = await import("../lib/mod.ts");
+  const run = async (backend: "webgpu" | "cpu") => {
+    await initBackend(backend);
+    const layer = new LinearWithLoRA(new Linear(20, 5, { seed: 1 }), 2, 4, { seed: 2 });
+    layer.lora.B.assign(tf.fill([2, 5], 0.1));
+    const x = tf.tensor2d(Float32Array.from({ length: 60 }, (_, i) => Math.sin(i)), [3, 20]);
+    const targets = tf.oneHot(tf.tensor1d([0, 3, 4], "int32"), 5).toFloat() as tf.Tensor2D;
+    const y = layer.apply(x);
+    const { grads } = tf.variableGrads(() => crossEntropy(layer.apply(x), targets), [layer.lora.A, layer.lora.B]);
+    const values = [
+      ...await y.data(),
+      ...await grads[layer.lora.A.name].data(),
+      ...await grads[layer.lora.B.name].data(),
+    ];
+    tf.dispose([x, y, targets, grads]);
+    layer.dispose();
+    return values;
+  };
+  try {
+    const gpu = await run("webgpu");
+    const cpu = await run("cpu");
+    // Measured agreement on lavapipe: 2.4e-7 at most; real GPUs may fuse multiply-adds differently.
+    gpu.forEach((v, i) => assert.ok(Math.abs(v - cpu[i]) < 2e-4, `element ${i}: ${v} vs ${cpu[i]}`));
+  } finally {
+    await initBackend("wasm");
+  }
+});

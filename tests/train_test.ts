@@ -34,7 +34,7 @@ async function learns(backend: "wasm" | "cpu", images: number, epochs: number): 
   const optimizer = adam(0.005);
   const loader = new DataLoader(subset(trainSmall, 0, images), { batchSize: 64, shuffle: true, seed: 123 });
   const history = await train(model, optimizer, loader, { epochs });
-  const accuracy = computeAccuracy(model, new DataLoader(testSmall, { batchSize: 500 }));
+  const accuracy = await computeAccuracy(model, new DataLoader(testSmall, { batchSize: 500 }));
   assertEquals(history.steps, epochs * Math.ceil(images / 64));
   assert.ok(history.epochs.at(-1)!.meanLoss < history.epochs[0].meanLoss || epochs === 1);
   optimizer.dispose();
@@ -140,7 +140,7 @@ Deno.test("train and computeAccuracy reject bad input clearly", async () => {
   freezeLinearLayers(model);
   await assertRejects(() => train(model, optimizer, loader, { epochs: 1 }), Error, /no trainable parameters/);
   assertThrows(() => adam(-1), RangeError, /learningRate must be a positive finite number; got -1/);
-  assertThrows(() => computeAccuracy(model, []), Error, /yielded no examples/);
+  await assertRejects(() => computeAccuracy(model, []), Error, /yielded no examples/);
   const badLabels = { features: new Float32Array(784), labels: new Int32Array([10]), size: 1 };
   const count = tf.memory().numTensors;
   const thawed = mlp();
