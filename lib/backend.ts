@@ -11,6 +11,8 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 
+silenceCpuBanner();
+
 /** The backends {@linkcode initBackend} knows how to start. */
 export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
 
