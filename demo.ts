@@ -63,7 +63,7 @@ const base = await fit("base", model, epochs);
 const baseAccuracy = await computeAccuracy(model, testLoader);
 console.log(`base test accuracy ${baseAccuracy.toFixed(2)}%`);
 await Deno.mkdir("data", { recursive: true });
-await saveWeights(model, "data/mlp-base.safetensors");
+await saveWeights(model, "data/base-mlp.safetensors");
 
 // 2. LoRA on a copy: wrap every Linear, freeze the base, train A and B only.
 const lora = addLoRA(model.clone(), { rank, alpha, seed: seed + 1 });
@@ -95,7 +95,7 @@ console.log(`
 }%) | ${loraAccuracy.toFixed(2)}% | ${perEpoch(loraRun)} | ${rate(loraRun)} |
 
 merged vs unmerged logits on ${testSet.count} test images: max |difference| ${mergeGap.toExponential(2)}
-base weights saved to data/mlp-base.safetensors`);
+base weights saved to data/base-mlp.safetensors`);
 
 model.dispose();
 lora.dispose();
