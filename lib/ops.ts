@@ -1,5 +1,5 @@
 /**
- * The one operation every layer here is built on: a matrix product whose gradient is written by hand.
+ * Operations with hand-written gradients: the matrix product every layer is built on, and the loss.
  *
  * Two reasons. First, speed: tfjs differentiates `tf.matMul` with the transposed forms of matMul
  * (`transposeA`/`transposeB`), which the wasm backend runs about 15× slower than a plain product; an explicit
@@ -18,6 +18,56 @@ const customGrad = tf.customGrad as unknown as {
   (f: (a: tf.Tensor2D, save: Save) => Grad): (a: tf.Tensor2D) => tf.Tensor2D;
   (f: (a: tf.Tensor2D, b: tf.Tensor2D, save: Save) => Grad): (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
 };
+
+/**
+ * Mean softmax cross-entropy of `logits` `[batch, classes]` against one-hot (or any probability) `targets` of
+ * the same shape, with the gradient written by hand: `(softmax(logits) − targets) / batch`. Same value as
+ * `tf.losses.softmaxCrossEntropy(targets, logits)`; the targets are data and get no gradient.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { softmaxCrossEntropy } from "./ops.ts";
+ * const logits = tf.variable(tf.zeros([1, 4])) as tf.Variable<tf.Rank.R2>;
+ * const { value, grads } = tf.variableGrads(() => softmaxCrossEntropy(logits, tf.tensor2d([[0, 1, 0, 0]])));
+ * value.print(); // ln 4 ≈ 1.3863
+ * grads[logits.name].print(); // [[0.25, -0.75, 0.25, 0.25]]
+ * ```
+ */
+export function softmaxCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor2D): tf.Scalar {
+  if (logits.rank !== 2 || targets.rank !== 2 || !tf.util.arraysEqual(logits.shape, targets.shape)) {
+    throw new RangeError(
+      `softmaxCrossEntropy: logits and targets must both have shape [batch, classes]; got ` +
+        `[${logits.shape}] and [${targets.shape}].`,
+    );
+  }
+  // One custom-gradient node instead of tfjs's op-by-op differentiation of its loss: the backward pass is
+  // three kernels, and the forward kernels inside a custom op are not recorded on the tape at all.
+  const f = scalarGrad((z: tf.Tensor2D, save: Save) => {
+    const batch = z.shape[0];
+    // Shifting by the row maximum keeps exp from overflowing; the shift cancels in the loss.
+    const shifted = tf.sub(z, tf.max(z, 1, true));
+    const exp = tf.exp(shifted);
+    const sumExp = tf.sum(exp, 1, true);
+    // mean over the batch of log Σⱼ exp(zⱼ) − Σⱼ targetⱼ·zⱼ, both terms shifted by the same maximum
+    const value = tf.div(tf.sub(tf.sum(tf.log(sumExp)), tf.sum(tf.mul(shifted, targets))), batch) as tf.Scalar;
+    // Saved, not captured: the forward pass's tidy frees anything the backward pass has not asked to keep.
+    save([exp, sumExp, targets]);
+    return {
+      value,
+      gradFunc: (dy, [e, s, t]) => [tf.mul(tf.sub(tf.div(e, s), t), tf.div(dy, batch)) as tf.Tensor2D],
+    };
+  });
+  return f(logits);
+}
+
+// The same view of tf.customGrad for a function of one matrix with a scalar value.
+const scalarGrad = tf.customGrad as unknown as (
+  f: (z: tf.Tensor2D, save: Save) => {
+    value: tf.Scalar;
+    gradFunc: (dy: tf.Scalar, saved: tf.Tensor[]) => tf.Tensor2D[];
+  },
+) => (z: tf.Tensor2D) => tf.Scalar;
 
 /**
  * Computes `a·b` for 2-D tensors, with a backward pass that only computes the requested gradients.

@@ -1,0 +1,62 @@
+import * as tf from "@tensorflow/tfjs";
+import { crossEntropy, initBackend, softmaxCrossEntropy } from "../lib/mod.ts";
+import { assert, assertClose, assertNoLeak, assertThrows } from "./assert.ts";
+
+await initBackend();
+
+/** Logits spread over ±scale, and one-hot targets, for a batch of 16 and 10 classes. */
+function data(scale: number) {
+  const logits = tf.variable(tf.randomUniform([16, 10], -scale, scale, "float32", 5)) as tf.Variable<tf.Rank.R2>;
+  const labels = tf.tensor1d(Array.from({ length: 16 }, (_, i) => (i * 7) % 10), "int32");
+  const targets = tf.oneHot(labels, 10).toFloat() as tf.Tensor2D;
+  labels.dispose();
+  return { logits, targets };
+}
+
+// float32 sums of ten exponentials: ~1e-6 relative error, so 1e-5 absolute on losses of order 1–10.
+for (const scale of [1, 30]) {
+  Deno.test(`softmaxCrossEntropy's value and hand-written gradient equal tfjs's for logits within ±${scale}`, () => {
+    const { logits, targets } = data(scale);
+    const reference = tf.variableGrads(
+      () => tf.losses.softmaxCrossEntropy(targets, logits) as tf.Scalar,
+      [logits],
+    );
+    const ours = tf.variableGrads(() => softmaxCrossEntropy(logits, targets), [logits]);
+    assertClose(ours.value, reference.value, 1e-5 * scale, "loss");
+    assertClose(ours.grads[logits.name], reference.grads[logits.name], 1e-6, "gradient");
+    // The gradient of a mean over 16 rows: each row's entries sum to zero, and are (p − onehot)/16.
+    const rowSums = tf.sum(ours.grads[logits.name], 1);
+    assert.ok(tf.max(tf.abs(rowSums)).dataSync()[0] < 1e-7);
+    tf.dispose([reference.value, ours.value, rowSums, logits, targets]);
+    tf.dispose(Object.values(reference.grads));
+    tf.dispose(Object.values(ours.grads));
+  });
+}
+
+Deno.test("softmaxCrossEntropy stays finite where exp would overflow", () => {
+  // exp(1000) is Infinity in float32; shifted by the row maximum the loss is exactly 1000 - 0 = 1000 for the
+  // wrong label and ≈ 0 for the right one.
+  const logits = tf.tensor2d([[1000, 0], [1000, 0]]);
+  const targets = tf.tensor2d([[0, 1], [1, 0]]);
+  const loss = softmaxCrossEntropy(logits, targets).dataSync()[0];
+  assert.ok(Math.abs(loss - 500) < 1e-3, `mean of 1000 and 0 should be 500; got ${loss}`);
+  tf.dispose([logits, targets]);
+});
+
+Deno.test("crossEntropy is softmaxCrossEntropy, and a training step's worth of it leaks nothing", async () => {
+  const { logits, targets } = data(3);
+  await assertNoLeak(() => {
+    const { value, grads } = tf.variableGrads(() => crossEntropy(logits, targets), [logits]);
+    const direct = softmaxCrossEntropy(logits, targets);
+    assert.equal(value.dataSync()[0], direct.dataSync()[0]);
+    tf.dispose([value, direct, ...Object.values(grads)]);
+  });
+  tf.dispose([logits, targets]);
+});
+
+Deno.test("softmaxCrossEntropy rejects mismatched shapes, naming both", () => {
+  const logits = tf.zeros([4, 10]) as tf.Tensor2D;
+  const targets = tf.zeros([4, 9]) as tf.Tensor2D;
+  assertThrows(() => softmaxCrossEntropy(logits, targets), RangeError, /\[batch, classes\]; got \[4,10\] and \[4,9\]/);
+  tf.dispose([logits, targets]);
+});
