@@ -309,12 +309,27 @@ export class LoRALayer implements Module {
   }
 }
 
+/** Options for a new {@linkcode LinearWithLoRA}. */
+export interface LinearWithLoRAOptions extends LoRAOptions {
+  /** Name of the first adapter; default `"default"`, as in PEFT. */
+  adapterName?: string;
+}
+
+/** The name that means "no adapter, the base layer alone" in a mixed batch (PEFT's `"__base__"`). */
+export const BASE_ADAPTER = "__base__";
+
 /**
  * A `Linear` layer plus a LoRA update computed alongside it: `linear(x) + lora(x)`, the right-hand side of
  * `x·(W + ΔW) = x·W + x·ΔW`. The base weights stay untouched, so one base can serve several adapters.
  *
  * {@linkcode LinearWithLoRA.merge} folds the update into W for inference (one product instead of three);
  * {@linkcode LinearWithLoRA.unmerge} takes it out again, as loralib and PEFT do.
+ *
+ * Several adapters can share the base layer, each under a name, in PEFT's vocabulary: the first one is
+ * `"default"`, {@linkcode LinearWithLoRA.addAdapter} adds more, {@linkcode LinearWithLoRA.setAdapter}
+ * chooses the one `apply` uses, and `lora` is that active adapter's `LoRALayer`. In parameter names the
+ * adapter `"default"` is `lora` (`lora.A`, `lora.B`, as in the tutorial) and an adapter `"x"` is `lora_x`.
+ * {@linkcode LinearWithLoRA.applyMixed} runs a batch whose rows each use their own adapter.
  *
  * @example
  * ```ts
@@ -329,55 +344,191 @@ export class LoRALayer implements Module {
 export class LinearWithLoRA implements Module {
   /** The wrapped base layer. */
   linear: Linear;
-  /** The low-rank update. */
-  lora: LoRALayer;
-  /** Whether `scaling·A·B` is currently folded into `linear.weight`. */
-  merged = false;
+  /** Every adapter by name, in the order added. Change it through the methods, which keep the state right. */
+  readonly adapters: Map<string, LoRALayer> = new Map();
+  private active: string;
+  private disabled = false;
+  private mergedNames: string[] = [];
 
-  constructor(linear: Module, rank: number, alpha: number, options: LoRAOptions = {}) {
+  constructor(linear: Module, rank: number, alpha: number, options: LinearWithLoRAOptions = {}) {
     const base = requireLinear(new.target.name, linear);
+    const name = options.adapterName ?? "default";
+    checkAdapterName(name);
     this.linear = base;
-    this.lora = new LoRALayer(base.inFeatures, base.outFeatures, rank, alpha, options);
+    this.active = name;
+    this.adapters.set(name, new LoRALayer(base.inFeatures, base.outFeatures, rank, alpha, options));
+  }
+
+  /** The active adapter's low-rank update (the tutorial's `self.lora`). */
+  get lora(): LoRALayer {
+    const lora = this.adapters.get(this.active);
+    if (lora === undefined) {
+      throw new Error(`This LinearWithLoRA has no adapter "${this.active}"; it has ${listNames(this.adapters)}.`);
+    }
+    return lora;
+  }
+
+  /** Name of the adapter `apply` uses. A layer that has no adapter of that name runs its base layer alone. */
+  get activeAdapter(): string {
+    return this.active;
+  }
+
+  /** Whether any adapter is currently folded into `linear.weight`. */
+  get merged(): boolean {
+    return this.mergedNames.length > 0;
+  }
+
+  /** The adapters folded into `linear.weight`, in the order they were merged (PEFT's `merged_adapters`). */
+  get mergedAdapters(): readonly string[] {
+    return [...this.mergedNames];
+  }
+
+  /** Whether `apply` skips every adapter and runs the base layer alone (PEFT's `disable_adapters`). */
+  get adaptersDisabled(): boolean {
+    return this.disabled;
   }
 
   apply(x: tf.Tensor2D, needsInputGrad = true): tf.Tensor2D {
     checkInput(this, x, this.linear.inFeatures);
-    if (this.merged) return this.linear.apply(x, needsInputGrad);
-    return tf.tidy(() => tf.add(this.linear.apply(x, needsInputGrad), this.lora.apply(x, needsInputGrad)));
+    const lora = this.adapters.get(this.active);
+    if (this.merged || this.disabled || lora === undefined) return this.linear.apply(x, needsInputGrad);
+    return tf.tidy(() => tf.add(this.linear.apply(x, needsInputGrad), lora.apply(x, needsInputGrad)));
   }
 
   /**
-   * Adds `scaling·A·B` to the base weight in place, so that inference costs one product. Merging a layer
-   * that is already merged is an error.
+   * Runs a batch in which row `i` uses the adapter `adapterNames[i]` ({@linkcode BASE_ADAPTER}, or a name
+   * this layer lacks, means the base layer alone). The base product runs once for the whole batch; each
+   * adapter's low-rank term runs on its own rows only. For inference: no gradient flows to `x`.
    */
-  merge(): void {
-    if (this.merged) throw new Error("merge(): this LinearWithLoRA is already merged; call unmerge() first.");
-    const delta = this.lora.deltaWeight();
+  applyMixed(x: tf.Tensor2D, adapterNames: readonly string[]): tf.Tensor2D {
+    checkInput(this, x, this.linear.inFeatures);
+    if (adapterNames.length !== x.shape[0]) {
+      throw new RangeError(
+        `applyMixed: got ${adapterNames.length} adapter names for a batch of ${x.shape[0]} rows; expected one per row.`,
+      );
+    }
+    if (this.merged) {
+      throw new Error(`applyMixed: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
+    }
+    return tf.tidy(() => {
+      let y = this.linear.apply(x, false);
+      for (const name of new Set(adapterNames)) {
+        const lora = this.adapters.get(name);
+        if (lora === undefined) continue; // base layer alone for these rows
+        const rows = adapterNames.flatMap((n, i) => (n === name ? [i] : []));
+        const index = tf.tensor2d(rows, [rows.length, 1], "int32");
+        const delta = lora.apply(tf.gatherND(x, index) as tf.Tensor2D, false);
+        y = tf.add(y, tf.scatterND(index, delta, y.shape));
+      }
+      return y;
+    });
+  }
+
+  /**
+   * Adds a new adapter named `name` and returns it. It starts as `LoRALayer` does (B zero, so outputs do not
+   * change) and frozen unless it is the active one; {@linkcode LinearWithLoRA.setAdapter} makes it active
+   * and trainable.
+   */
+  addAdapter(name: string, rank: number, alpha: number, options: LoRAOptions = {}): LoRALayer {
+    checkAdapterName(name);
+    if (this.adapters.has(name)) throw new Error(`addAdapter: this layer already has an adapter named "${name}".`);
+    const lora = new LoRALayer(this.linear.inFeatures, this.linear.outFeatures, rank, alpha, options);
+    lora.A.trainable = lora.B.trainable = name === this.active;
+    this.adapters.set(name, lora);
+    return lora;
+  }
+
+  /**
+   * Makes `name` the adapter `apply` uses. As in PEFT, its A and B become trainable and every other
+   * adapter's are frozen, so training afterwards updates only it. Not allowed while merged.
+   */
+  setAdapter(name: string): void {
+    if (this.merged) {
+      throw new Error(`setAdapter: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
+    }
+    this.active = name;
+    for (const [key, lora] of this.adapters) lora.A.trainable = lora.B.trainable = key === name;
+  }
+
+  /**
+   * Frees and removes the adapter `name`. If it was active, the first remaining adapter becomes active.
+   * A merged adapter, or the only one, cannot be deleted.
+   */
+  deleteAdapter(name: string): void {
+    const lora = this.adapters.get(name);
+    if (lora === undefined) {
+      throw new Error(`deleteAdapter: no adapter named "${name}"; this layer has ${listNames(this.adapters)}.`);
+    }
+    if (this.mergedNames.includes(name)) {
+      throw new Error(`deleteAdapter: adapter "${name}" is merged into the base weight; call unmerge() first.`);
+    }
+    if (this.adapters.size === 1) {
+      throw new Error(`deleteAdapter: "${name}" is this layer's only adapter; use its .linear instead.`);
+    }
+    lora.dispose();
+    this.adapters.delete(name);
+    if (this.active === name) this.active = this.adapters.keys().next().value!;
+  }
+
+  /** Makes `apply` run the base layer alone until {@linkcode LinearWithLoRA.enableAdapters}. */
+  disableAdapters(): void {
+    if (this.merged) {
+      throw new Error(`disableAdapters: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
+    }
+    this.disabled = true;
+  }
+
+  /** Undoes {@linkcode LinearWithLoRA.disableAdapters}. */
+  enableAdapters(): void {
+    this.disabled = false;
+  }
+
+  /**
+   * Adds `scaling·A·B` of adapter `name` (default: the active one) to the base weight in place, so that
+   * inference costs one product. While anything is merged, `apply` runs the base layer alone (which now
+   * holds the update). Merging an adapter that is already merged is an error.
+   */
+  merge(name: string = this.active): void {
+    if (this.mergedNames.includes(name)) {
+      throw new Error(`merge(): adapter "${name}" of this LinearWithLoRA is already merged; call unmerge() first.`);
+    }
+    if (this.disabled) throw new Error("merge(): adapters are disabled; call enableAdapters() first.");
+    const lora = this.adapters.get(name);
+    if (lora === undefined) {
+      throw new Error(`merge(): no adapter named "${name}"; this layer has ${listNames(this.adapters)}.`);
+    }
+    const delta = lora.deltaWeight();
     const next = tf.add(this.linear.weight, delta);
     this.linear.weight.assign(next as tf.Tensor2D);
     tf.dispose([delta, next]);
-    this.merged = true;
+    this.mergedNames.push(name);
   }
 
   /**
-   * Subtracts `scaling·A·B` from the base weight again. The result equals the original weight up to float32
-   * rounding of the add and the subtract (a few units in the last place of the larger of `|W|` and `|ΔW|`).
+   * Subtracts every merged adapter's `scaling·A·B` from the base weight again, last merged first. The result
+   * equals the original weight up to float32 rounding of the add and the subtract (a few units in the last
+   * place of the larger of `|W|` and `|ΔW|`).
    */
   unmerge(): void {
     if (!this.merged) throw new Error("unmerge(): this LinearWithLoRA is not merged; nothing to unmerge.");
-    const delta = this.lora.deltaWeight();
-    const next = tf.sub(this.linear.weight, delta);
-    this.linear.weight.assign(next as tf.Tensor2D);
-    tf.dispose([delta, next]);
-    this.merged = false;
+    while (this.mergedNames.length > 0) {
+      const delta = this.adapters.get(this.mergedNames.at(-1)!)!.deltaWeight();
+      const next = tf.sub(this.linear.weight, delta);
+      this.linear.weight.assign(next as tf.Tensor2D);
+      tf.dispose([delta, next]);
+      this.mergedNames.pop();
+    }
   }
 
   children(): [string, Module][] {
-    return [["linear", this.linear], ["lora", this.lora]];
+    return [
+      ["linear", this.linear],
+      ...[...this.adapters].map(([name, lora]): [string, Module] => [adapterKey(name), lora]),
+    ];
   }
 
   namedParameters(prefix = ""): NamedParameter[] {
-    return [...this.linear.namedParameters(prefix + "linear."), ...this.lora.namedParameters(prefix + "lora.")];
+    return this.children().flatMap(([key, child]) => child.namedParameters(`${prefix}${key}.`));
   }
 
   toString(): string {
@@ -386,13 +537,19 @@ export class LinearWithLoRA implements Module {
 
   clone(): this {
     const copy = Object.create(Object.getPrototypeOf(this)) as this;
-    Object.assign(copy, { ...this, linear: this.linear.clone(), lora: this.lora.clone() });
+    Object.assign(copy, {
+      linear: this.linear.clone(),
+      adapters: new Map([...this.adapters].map(([name, lora]) => [name, lora.clone()])),
+      active: this.active,
+      disabled: this.disabled,
+      mergedNames: [...this.mergedNames],
+    });
     return copy;
   }
 
   dispose(): void {
     this.linear.dispose();
-    this.lora.dispose();
+    for (const lora of this.adapters.values()) lora.dispose();
   }
 }
 
@@ -414,9 +571,10 @@ export class LinearWithLoRA implements Module {
 export class LinearWithLoRAMerged extends LinearWithLoRA {
   override apply(x: tf.Tensor2D, needsInputGrad = true): tf.Tensor2D {
     checkInput(this, x, this.linear.inFeatures);
-    if (this.merged) return this.linear.apply(x, needsInputGrad);
+    const lora = this.adapters.get(this.activeAdapter);
+    if (this.merged || this.adaptersDisabled || lora === undefined) return this.linear.apply(x, needsInputGrad);
     return tf.tidy(() => {
-      const { A, B, scaling } = this.lora;
+      const { A, B, scaling } = lora;
       const trainDelta = A.trainable || B.trainable;
       const ab = matMul(A, B, A.trainable, B.trainable);
       const combined = tf.add(this.linear.weight, tf.mul(ab, scaling)) as tf.Tensor2D;
@@ -431,6 +589,39 @@ export function describeChildren(name: string, children: [string, Module][]): st
   if (children.length === 0) return `${name}()`;
   const lines = children.map(([key, child]) => `(${key}): ${String(child)}`.replaceAll("\n", "\n  "));
   return `${name}(\n  ${lines.join("\n  ")}\n)`;
+}
+
+/** The child name of adapter `name`: `lora` for `"default"` (the tutorial's name), `lora_<name>` otherwise. */
+function adapterKey(name: string): string {
+  return name === "default" ? "lora" : `lora_${name}`;
+}
+
+/**
+ * Throws a `RangeError` unless `name` can name an adapter: letters, digits, `_` and `-`, and not
+ * {@linkcode BASE_ADAPTER}. (Parameter names such as `layers.0.lora_name.A` stay unambiguous.)
+ *
+ * @example
+ * ```ts
+ * import { checkAdapterName } from "./layers.ts";
+ * checkAdapterName("rotated"); // fine
+ * try {
+ *   checkAdapterName("a.b");
+ * } catch (error) {
+ *   console.log((error as Error).message);
+ * }
+ * ```
+ */
+export function checkAdapterName(name: string): void {
+  if (typeof name !== "string" || !/^[A-Za-z0-9_-]+$/.test(name) || name === BASE_ADAPTER) {
+    throw new RangeError(
+      `Adapter names are made of letters, digits, "_" and "-", and "${BASE_ADAPTER}" is reserved; got "${name}".`,
+    );
+  }
+}
+
+function listNames(names: Iterable<string> | Map<string, unknown>): string {
+  const list = [...(names instanceof Map ? names.keys() : names)];
+  return list.length === 0 ? "none" : list.map((n) => `"${n}"`).join(", ");
 }
 
 function copyVariable<R extends tf.Rank>(v: tf.Variable<R>): tf.Variable<R> {
