@@ -446,9 +446,8 @@ export interface LoraConfig {
 }
 
 /** File names inside an adapter folder, as PEFT names them. */
-export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
-/** See {@linkcode ADAPTER_WEIGHTS_FILE}. */
-export const ADAPTER_CONFIG_FILE = "adapter_config.json";
+const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
+const ADAPTER_CONFIG_FILE = "adapter_config.json";
 
 /** Keys under which this library records its own scaling convention in the safetensors metadata. */
 const CONVENTION_KEY = "lora_scaling_convention";

@@ -315,7 +315,20 @@ export interface LinearWithLoRAOptions extends LoRAOptions {
   adapterName?: string;
 }
 
-/** The name that means "no adapter, the base layer alone" in a mixed batch (PEFT's `"__base__"`). */
+/**
+ * The name that means "no adapter, the base layer alone" in a mixed batch (PEFT's `"__base__"`).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { BASE_ADAPTER, Linear, LinearWithLoRA } from "./layers.ts";
+ * const layer = new LinearWithLoRA(new Linear(3, 2), 1, 2);
+ * const y = layer.applyMixed(tf.ones([2, 3]), ["default", BASE_ADAPTER]);
+ * console.log(y.shape); // [2, 2]
+ * y.dispose();
+ * layer.dispose();
+ * ```
+ */
 export const BASE_ADAPTER = "__base__";
 
 /**

@@ -42,7 +42,21 @@ export interface Safetensors {
   metadata: Record<string, string>;
 }
 
-/** The largest header this reader accepts, in bytes: 100 MB, the reference implementation's limit. */
+/**
+ * The largest header this reader accepts, in bytes: 100 MB, the reference implementation's limit.
+ *
+ * @example
+ * ```ts
+ * import { decodeSafetensors, MAX_HEADER_BYTES } from "./safetensors.ts";
+ * const bytes = new Uint8Array(8);
+ * new DataView(bytes.buffer).setBigUint64(0, BigInt(MAX_HEADER_BYTES) + 1n, true);
+ * try {
+ *   decodeSafetensors(bytes);
+ * } catch (error) {
+ *   console.log((error as Error).message); // "… exceeds the limit of 100000000 bytes."
+ * }
+ * ```
+ */
 export const MAX_HEADER_BYTES = 100_000_000;
 
 const BYTES_PER_VALUE: Record<Dtype, number> = { F32: 4, F16: 2, BF16: 2 };
