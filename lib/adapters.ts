@@ -4,7 +4,7 @@
  * - {@linkcode saveWeights} / {@linkcode loadWeights}: every parameter of a model in one safetensors file,
  *   named as `namedParameters` names them, so a trained base model can be reused.
  * - {@linkcode saveAdapter} / {@linkcode loadAdapter}: one LoRA adapter in Hugging Face PEFT's layout,
- *   `adapter_model.safetensors` plus `adapter_config.json`, which PEFT itself can load.
+ *   `adapter_model.safetensors` plus `adapter_config.json` (PEFT's `save_pretrained` / `load_adapter` layout).
  * - {@linkcode addAdapter}, {@linkcode setAdapter}, {@linkcode disableAdapters}, {@linkcode deleteAdapter},
  *   {@linkcode mergeAdapter}, {@linkcode unmergeAdapter}: PEFT's model-level operations, applied to every
  *   LoRA layer of a model; {@linkcode applyMixedBatch} serves a batch whose rows use different adapters.
@@ -29,7 +29,7 @@ import type { AddLoRAOptions } from "./model.ts";
 import { decodeSafetensors, encodeSafetensors, type StoredTensor, type TensorData } from "./safetensors.ts";
 
 /**
- * Every parameter of `model` as the bytes of a safetensors file, under its {@linkcode namedParameters} name.
+ * Every parameter of `model` as the bytes of a safetensors file, under its `namedParameters` name.
  *
  * A `Linear` weight is stored as PyTorch stores it, `[out, in]` (this library keeps `[in, out]`); everything
  * else keeps its shape. The file is then the `state_dict` of the tutorial's PyTorch model with the same
@@ -107,11 +107,14 @@ export function weightsFromSafetensors(model: Module, bytes: Uint8Array): void {
  * Needs `--allow-write` for `path`.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { saveWeights } from "./adapters.ts";
  * import { MultilayerPerceptron } from "./model.ts";
  * const model = new MultilayerPerceptron(784, 128, 256, 10, { seed: 123 });
- * await saveWeights(model, "data/base.safetensors");
+ * await saveWeights(model, "data/example-base.safetensors");
+ * console.log((await Deno.stat("data/example-base.safetensors")).size); // 544808
+ * await Deno.remove("data/example-base.safetensors");
+ * model.dispose();
  * ```
  */
 export async function saveWeights(model: Module, path: string | URL): Promise<void> {
@@ -123,11 +126,16 @@ export async function saveWeights(model: Module, path: string | URL): Promise<vo
  * {@linkcode weightsFromSafetensors}). Needs `--allow-read` for `path`.
  *
  * @example
- * ```ts ignore
- * import { loadWeights } from "./adapters.ts";
+ * ```ts
+ * import { loadWeights, saveWeights } from "./adapters.ts";
  * import { MultilayerPerceptron } from "./model.ts";
- * const model = new MultilayerPerceptron(784, 128, 256, 10);
- * await loadWeights(model, "data/base.safetensors");
+ * const trained = new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 });
+ * await saveWeights(trained, "data/example-weights.safetensors");
+ * const model = new MultilayerPerceptron(4, 3, 3, 2, { seed: 2 });
+ * await loadWeights(model, "data/example-weights.safetensors");
+ * await Deno.remove("data/example-weights.safetensors");
+ * trained.dispose();
+ * model.dispose();
  * ```
  */
 export async function loadWeights(model: Module, path: string | URL): Promise<void> {
@@ -649,9 +657,15 @@ export function adapterFromFiles(model: LayeredModel, files: AdapterFiles, adapt
  * `--allow-write` for `dir`.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { addLoRA, MultilayerPerceptron } from "./model.ts";
  * import { saveAdapter } from "./adapters.ts";
- * await saveAdapter(model, "data/adapters/rotated", "rotated");
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * await saveAdapter(model, "data/example-adapter");
+ * for await (const file of Deno.readDir("data/example-adapter")) console.log(file.name);
+ * // adapter_model.safetensors, adapter_config.json
+ * await Deno.remove("data/example-adapter", { recursive: true });
+ * model.dispose();
  * ```
  */
 export async function saveAdapter(model: LayeredModel, dir: string, adapterName = "default"): Promise<void> {
@@ -666,10 +680,18 @@ export async function saveAdapter(model: LayeredModel, dir: string, adapterName 
  * {@linkcode adapterFromFiles}). Needs `--allow-read` for `dir`.
  *
  * @example
- * ```ts ignore
- * import { loadAdapter, setAdapter } from "./adapters.ts";
- * await loadAdapter(model, "data/adapters/rotated", "rotated");
- * setAdapter(model, "rotated");
+ * ```ts
+ * import { addLoRA, MultilayerPerceptron } from "./model.ts";
+ * import { listAdapters, loadAdapter, saveAdapter, setAdapter } from "./adapters.ts";
+ * const tuned = addLoRA(new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 }), { rank: 1, alpha: 2 });
+ * await saveAdapter(tuned, "data/example-rotated");
+ * const served = addLoRA(new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 }), { rank: 1, alpha: 2 });
+ * await loadAdapter(served, "data/example-rotated", "rotated");
+ * setAdapter(served, "rotated");
+ * console.log(listAdapters(served)); // ["default", "rotated"]
+ * await Deno.remove("data/example-rotated", { recursive: true });
+ * tuned.dispose();
+ * served.dispose();
  * ```
  */
 export async function loadAdapter(model: LayeredModel, dir: string, adapterName = "default"): Promise<void> {

@@ -607,6 +607,26 @@ Deno.test("loading into a model whose other layers already have adapters keeps t
   target.dispose();
 });
 
+Deno.test("target_modules match as PEFT matches them: the whole name or a dotted suffix", async () => {
+  const source = addLoRA(small(), { rank: 2, alpha: 2, seed: 1 });
+  const files = await adapterToFiles(source);
+  const config = JSON.parse(files.config);
+  for (const targets of [["0", "2", "4"], ["layers.0", "2", "layers.4"]]) {
+    const target = small();
+    adapterFromFiles(target, { ...files, config: JSON.stringify({ ...config, target_modules: targets }) });
+    assertEquals(loraLayers(target).map(([name]) => name), ["layers.0", "layers.2", "layers.4"]);
+    target.dispose();
+  }
+  const target = small();
+  assertThrows(
+    () => adapterFromFiles(target, { ...files, config: JSON.stringify({ ...config, target_modules: ["s.0"] }) }),
+    Error,
+    /selects none of the model's linear layers/,
+  );
+  target.dispose();
+  source.dispose();
+});
+
 Deno.test("adapterToFiles refuses unknown names and adapters whose layers differ in rank", async () => {
   const model = addLoRA(small(), { rank: 2, alpha: 2, targetModules: [0] });
   addAdapter(model, "uneven", { rank: 1, alpha: 2, targetModules: [2] });
