@@ -54,13 +54,15 @@ export interface BackendReport {
   trainStepsPerSecond: { full: number; lora: Record<string, number> };
   /** The same, with spread. */
   trainStepsPerSecondSpread: { full: Spread; lora: Record<string, Spread> };
-  /** Median step time of LoRA rank 4 divided by that of full finetuning, in the same run. */
+  /** LoRA rank 4's step time over full finetuning's: the median of that ratio over the interleaved runs. */
   loraRank4StepTimeRatio: number;
+  /** The same for every rank. */
+  stepTimeRatio: Record<string, number>;
   /** Median latency (ms) of one forward pass plus reading the logits back, by batch size. */
   inferenceMs: { base: Record<string, number>; unmerged: Record<string, number>; merged: Record<string, number> };
   /** The same, with spread. */
   inferenceMsSpread: Record<"base" | "unmerged" | "merged", Record<string, Spread>>;
-  /** LoRA rank 4 unmerged latency over base, and merged over base, by batch size. */
+  /** LoRA rank 4 unmerged latency over base, and merged over base, by batch size (medians of per-run ratios). */
   inferenceRatio: { unmerged: Record<string, number>; merged: Record<string, number> };
   /** Largest |merged − unmerged| logit on a test batch: merging must not change the model. */
   mergedMaxAbsDiff: number;
@@ -157,15 +159,22 @@ function spread(values: number[]): Spread {
   return { median, min: sorted[0], max: sorted[sorted.length - 1], runs: sorted.length };
 }
 
+/** The median over runs of `a[run] / b[run]`: e.g. full's steps/s over LoRA's, which is LoRA's step time over full's. */
+function pairedRatio(a: number[], b: number[]): number {
+  return spread(a.map((x, i) => x / b[i])).median;
+}
+
 /** How much work each backend gets: the cpu backend and software webgpu are ~15× slower than wasm. */
 function budget(backend: string, quick: boolean) {
   const slow = backend !== "wasm";
   return {
+    // Many short runs rather than a few long ones: other processes come and go on these shared cores, and
+    // short interleaved runs let each configuration see the same mix of quiet and busy moments.
     warmupSteps: slow ? 3 : quick ? 10 : 30,
-    stepsPerRun: slow ? 4 : quick ? 15 : 40,
-    runs: slow ? 3 : quick ? 3 : 7,
-    inferenceCalls: slow ? 5 : quick ? 20 : 50,
-    inferenceRuns: slow ? 3 : quick ? 3 : 7,
+    stepsPerRun: slow ? 3 : quick ? 10 : 15,
+    runs: slow ? 5 : quick ? 5 : 21,
+    inferenceCalls: slow ? 3 : quick ? 10 : 20,
+    inferenceRuns: slow ? 7 : quick ? 5 : 21,
     // Accuracy: full MNIST for two epochs on wasm (as the tutorial); a subset and one epoch elsewhere.
     epochs: slow || quick ? 1 : 2,
     trainExamples: slow ? 3_200 : quick ? 6_400 : 60_000,
@@ -270,7 +279,8 @@ async function measureBackend(backend: string, quick: boolean, log: (line: strin
       config.rates.push(await timeSteps(config, batches, b.stepsPerRun, run * b.stepsPerRun));
     }
   }
-  const rate = (name: string) => spread(configs.find((c) => c.name === name)!.rates);
+  const rates = (name: string) => configs.find((c) => c.name === name)!.rates;
+  const rate = (name: string) => spread(rates(name));
   const trainSpread = {
     full: rate("full"),
     lora: Object.fromEntries(RANKS.map((r) => [String(r), rate(String(r))])),
@@ -289,9 +299,9 @@ async function measureBackend(backend: string, quick: boolean, log: (line: strin
     "1": tf.tensor2d(testBatch.features.subarray(0, 784), [1, 784]),
     "64": tf.tensor2d(testBatch.features, [BATCH, 784]),
   };
-  const mergedMaxAbsDiff = tf.tidy(() =>
-    tf.max(tf.abs(tf.sub(merged.apply(inputs["64"]), unmerged.apply(inputs["64"])))).dataSync()[0]
-  );
+  const gap = tf.tidy(() => tf.max(tf.abs(tf.sub(merged.apply(inputs["64"]), unmerged.apply(inputs["64"])))));
+  const mergedMaxAbsDiff = (await gap.data())[0]; // asynchronously: webgpu cannot read back synchronously
+  gap.dispose();
   const latencies: Record<string, Record<string, number[]>> = { base: {}, unmerged: {}, merged: {} };
   const timeInference = async (model: MultilayerPerceptron, x: tf.Tensor2D, calls: number) => {
     const start = performance.now();
@@ -306,7 +316,10 @@ async function measureBackend(backend: string, quick: boolean, log: (line: strin
     for (const model of Object.values(models)) await timeInference(model, x, 3); // warm-up: packing, shaders
     for (const name of Object.keys(models)) latencies[name][size] = [];
     for (let run = 0; run < b.inferenceRuns; run++) {
-      for (const [name, model] of Object.entries(models)) {
+      // Rotated order within each run, as for training.
+      const entries = Object.entries(models);
+      for (let k = 0; k < entries.length; k++) {
+        const [name, model] = entries[(k + run) % entries.length];
         latencies[name][size].push(await timeInference(model, x, b.inferenceCalls));
       }
     }
@@ -319,10 +332,10 @@ async function measureBackend(backend: string, quick: boolean, log: (line: strin
   ) as BackendReport["inferenceMsSpread"];
   const medians = (name: "base" | "unmerged" | "merged") =>
     Object.fromEntries(Object.entries(inferenceMsSpread[name]).map(([s, v]) => [s, v.median]));
+  // Ratios are medians of per-run ratios: both sides of each were measured moments apart, so a slow spell of
+  // the machine cancels out instead of landing on one side.
   const ratio = (name: "unmerged" | "merged") =>
-    Object.fromEntries(
-      Object.keys(inputs).map((s) => [s, inferenceMsSpread[name][s].median / inferenceMsSpread.base[s].median]),
-    );
+    Object.fromEntries(Object.keys(inputs).map((s) => [s, pairedRatio(latencies[name][s], latencies.base[s])]));
   const mergeTimes: number[] = [];
   for (let run = 0; run < b.inferenceRuns + 2; run++) {
     const copy = unmerged.clone();
@@ -365,7 +378,8 @@ async function measureBackend(backend: string, quick: boolean, log: (line: strin
       lora: Object.fromEntries(Object.entries(trainSpread.lora).map(([r, s]) => [r, s.median])),
     },
     trainStepsPerSecondSpread: trainSpread,
-    loraRank4StepTimeRatio: trainSpread.full.median / trainSpread.lora["4"].median,
+    loraRank4StepTimeRatio: pairedRatio(rates("full"), rates("4")),
+    stepTimeRatio: Object.fromEntries(RANKS.map((r) => [String(r), pairedRatio(rates("full"), rates(String(r)))])),
     inferenceMs: { base: medians("base"), unmerged: medians("unmerged"), merged: medians("merged") },
     inferenceMsSpread,
     inferenceRatio: { unmerged: ratio("unmerged"), merged: ratio("merged") },
@@ -448,11 +462,11 @@ function formatReport(r: BackendReport): string {
     "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
   );
   const full = r.trainStepsPerSecondSpread.full;
-  const row = (name: string, params: number, bytes: number, peak: number, kernels: number, s: Spread) =>
+  const row = (name: string, params: number, bytes: number, peak: number, kernels: number, s: Spread, t: number) =>
     lines.push(
       `| ${name} | ${fmt(params, 0)} | ${fmt(bytes, 0)} | ${pct(bytes / r.trainableBytes.full)} | ` +
         `${fmt(peak / 1e6, 2)} MB | ${kernels} | ${fmt(s.median)} (${range(s)}) | ${(1000 / s.median).toFixed(2)} | ` +
-        `${(full.median / s.median).toFixed(2)}× |`,
+        `${t.toFixed(2)}× |`,
     );
   row(
     "full finetuning",
@@ -461,6 +475,7 @@ function formatReport(r: BackendReport): string {
     r.trainingPeakBytes.full,
     r.kernelsPerStep.full,
     full,
+    1,
   );
   for (const rank of RANKS) {
     const k = String(rank);
@@ -471,6 +486,7 @@ function formatReport(r: BackendReport): string {
       r.trainingPeakBytes.lora[k],
       r.kernelsPerStep.lora[k],
       r.trainStepsPerSecondSpread.lora[k],
+      r.stepTimeRatio[k],
     );
   }
   lines.push(

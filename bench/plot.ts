@@ -48,9 +48,10 @@ export function renderStepsVsRank(reports: BackendReport[]): string {
     document, // linkedom's, standing in for a browser's
     width: 720,
     height: 420,
-    marginRight: 150,
+    marginRight: 110,
+    marginLeft: 50,
     style: { fontFamily: "sans-serif", fontSize: "12px", background: "white" },
-    x: { type: "log", ticks: ranks, tickFormat: (d: number) => String(d), label: "LoRA rank (log scale)" },
+    x: { type: "point", domain: ranks, label: "LoRA rank", padding: 0.3 },
     y: { type: "log", grid: true, label: "training steps/s at batch 64 (log scale)" },
     color: { domain: reports.map((r) => r.backend), scheme: "category10" },
     caption: `${m.cpu}, ${m.cores} cores, ${m.date.slice(0, 10)}. Dashed: full finetuning. Bars: min–max.`,
@@ -58,19 +59,19 @@ export function renderStepsVsRank(reports: BackendReport[]): string {
       Plot.ruleY(full, { y: "median", stroke: "backend", strokeDasharray: "6 4" }),
       Plot.text(full, {
         y: "median",
-        x: ranks.at(-1),
-        text: (d: { backend: string }) => `${d.backend} full finetuning`,
+        x: ranks[0],
+        text: (d: { backend: string }) => `${d.backend}, full finetuning`,
         fill: "backend",
         textAnchor: "start",
-        dx: 10,
-        dy: 8,
+        dx: -30,
+        dy: -7,
       }),
       Plot.ruleX(points, { x: "rank", y1: "min", y2: "max", stroke: "backend" }),
       Plot.line(points, { x: "rank", y: "median", stroke: "backend", marker: "circle" }),
       Plot.text(points.filter((p) => p.rank === ranks.at(-1)), {
         x: "rank",
         y: "median",
-        text: (d: Point) => `${d.backend} LoRA`,
+        text: (d: Point) => `${d.backend}, LoRA`,
         fill: "backend",
         textAnchor: "start",
         dx: 10,
@@ -92,7 +93,9 @@ export function renderStepsVsRank(reports: BackendReport[]): string {
       )
       .replace(
         /<\/svg>$/,
-        `<text x="10" y="${height + 16}" font-family="sans-serif" font-size="12">${escapeXml(caption)}</text></svg>`,
+        `<text x="10" y="${height + 16}" text-anchor="start" font-family="sans-serif" font-size="12">${
+          escapeXml(caption)
+        }</text></svg>`,
       );
   }
   return out;
