@@ -411,7 +411,8 @@ export class LinearWithLoRA implements Module {
   /**
    * Runs a batch in which row `i` uses the adapter `adapterNames[i]` ({@linkcode BASE_ADAPTER}, or a name
    * this layer lacks, means the base layer alone). The base product runs once for the whole batch; each
-   * adapter's low-rank term runs on its own rows only. For inference: no gradient flows to `x`.
+   * adapter's low-rank term runs on its own rows only. The names alone decide: the active adapter and
+   * {@linkcode LinearWithLoRA.disableAdapters} play no part. For inference: no gradient flows to `x`.
    */
   applyMixed(x: tf.Tensor2D, adapterNames: readonly string[]): tf.Tensor2D {
     checkInput(this, x, this.linear.inFeatures);
