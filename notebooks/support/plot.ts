@@ -75,9 +75,14 @@ export class Figure {
     this.alt = alt;
   }
 
-  /** The media bundle the Deno kernel shows (`Deno.jupyter.$display` is `Symbol.for("Jupyter.display")`). */
-  [Symbol.for("Jupyter.display")](): Record<string, string> {
+  /** What the Deno kernel shows: the SVG inline in HTML and as an image, and a line of text. */
+  mediaBundle(): Record<string, string> {
     return { "text/html": this.svg, "image/svg+xml": this.svg, "text/plain": `[figure: ${this.alt}]` };
+  }
+
+  /** The hook the Deno kernel calls (`Deno.jupyter.$display` is `Symbol.for("Jupyter.display")`). */
+  [Symbol.for("Jupyter.display")](): Record<string, string> {
+    return this.mediaBundle();
   }
 }
 
@@ -94,27 +99,14 @@ export function lineChart(options: LineChartOptions): Figure {
     Plot.lineY(rows, { x: "x", y: "y", z: "series", stroke: "series", strokeWidth: 1.8 }),
   ];
   if (options.dots) marks.push(Plot.dot(rows, { x: "x", y: "y", fill: "series", r: 3 }));
-  if (labelled) {
-    marks.push(Plot.text(
-      rows,
-      Plot.selectLast({
-        x: "x",
-        y: "y",
-        z: "series",
-        text: "series",
-        fill: "series",
-        textAnchor: "start",
-        dx: 6,
-      }),
-    ));
-  }
+  if (labelled) marks.push(...legend(names));
   if (options.title) marks.push(title(options.title));
   const svg = Plot.plot({
     document,
     width: options.width ?? 640,
     height: options.height ?? 320,
-    marginLeft: 70,
-    marginRight: labelled ? 12 + 7 * Math.max(...names.map((n) => n.length)) : 20,
+    marginLeft: 80,
+    marginRight: labelled ? 44 + 7 * Math.max(...names.map((n) => n.length)) : 20,
     marginTop: options.title ? 50 : 24,
     marginBottom: 45,
     style: { fontSize: "12px", background: "white", overflow: "visible" },
@@ -125,7 +117,7 @@ export function lineChart(options: LineChartOptions): Figure {
       type: options.yLog ? "log" : "linear",
       domain: options.yDomain,
       labelArrow: "none",
-      tickFormat: options.yLog ? "~g" : undefined,
+      tickFormat: options.yLog ? logTick : undefined,
     },
     color: { domain: names, range: PALETTE },
     marks,
@@ -133,8 +125,41 @@ export function lineChart(options: LineChartOptions): Figure {
   return new Figure(standalone(svg as unknown as SvgNode), options.title ?? `${options.y} against ${options.x}`);
 }
 
+/** Tick labels for log axes: plain numbers with thousands separators, never "1e+6" or "200m". */
+function logTick(value: number): string {
+  if (value >= 1000) return value.toLocaleString("en-US");
+  if (value < 0.001) return value.toExponential(0).replace("e-", "e−");
+  return String(+value.toPrecision(6));
+}
+
+/** The mean of each point and the `window − 1` before it, to see the trend of a noisy series. */
+export function movingAverage(points: [number, number][], window: number): [number, number][] {
+  return points.map(([x], i) => {
+    const slice = points.slice(Math.max(0, i - window + 1), i + 1);
+    return [x, slice.reduce((sum, [, y]) => sum + y, 0) / slice.length];
+  });
+}
+
 /** Colours that stay apart in print and for common colour blindness (Observable's "observable10"). */
 const PALETTE = ["#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5"];
+
+/**
+ * A legend inside the SVG, to the right of the frame: a coloured dash and the name of each series. (Plot's own
+ * legend is HTML, which would make the output a `<figure>` rather than a bare `<svg>`.)
+ */
+function legend(names: string[]): Plot.Markish[] {
+  return names.flatMap((name, i) => [
+    Plot.text([name], {
+      frameAnchor: "top-right",
+      dx: 10,
+      dy: 6 + 18 * i,
+      text: () => "━━",
+      fill: () => name,
+      textAnchor: "start",
+    }),
+    Plot.text([name], { frameAnchor: "top-right", dx: 34, dy: 6 + 18 * i, text: () => name, textAnchor: "start" }),
+  ]);
+}
 
 /** A bold heading in the top-left corner of the frame's margin. */
 function title(text: string): Plot.Markish {

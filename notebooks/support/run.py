@@ -13,7 +13,7 @@ output messages, and stock nbclient stops listening at idle, so outputs are sile
 keeps reading IOPub for a grace period after idle, routes any message that arrives even later to the cell
 that caused it, and drains the channel once more before the kernel is shut down.
 
-It also: sets NO_COLOR=1 for the kernel; removes ANSI escape codes and the absolute path of the repository
+It also: sets NO_COLOR=1 for the kernel; ends every cell's source with a newline (see end_cells_with_newline); removes ANSI escape codes and the absolute path of the repository
 from outputs; fails, naming the notebook and cell, when a cell throws or when an output still holds an ANSI
 code, an absolute path or a TensorFlow.js banner. Needs Debian's jupyter-client, python3-nbclient and
 python3-nbformat (they live under /usr/bin/python3) and the Deno kernelspec (`deno jupyter --install`).
@@ -49,6 +49,7 @@ class DenoNotebookClient(NotebookClient):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._cells_by_msg = {}  # execute request id -> (cell, index), to place late output
+        self.late = 0  # messages that arrived after their cell's grace period and were placed anyway
 
     def _route(self, msg, current_id):
         """Process a message of an earlier cell; return True if it was one."""
@@ -56,6 +57,8 @@ class DenoNotebookClient(NotebookClient):
         if parent == current_id or parent not in self._cells_by_msg:
             return False
         cell, index = self._cells_by_msg[parent]
+        if msg["msg_type"] != "status":
+            self.late += 1
         try:
             self.process_message(msg, cell, index)
         except CellExecutionComplete:
@@ -131,6 +134,14 @@ def clean_outputs(nb):
     return problems
 
 
+def end_cells_with_newline(nb):
+    """`deno fmt --check` (on a clean cache) wants every cell's source to end with a newline, while `deno fmt`
+    itself does not add one and then caches the file as formatted; Jupyter saves cells without it."""
+    for cell in nb.cells:
+        if cell.source and not cell.source.endswith("\n"):
+            cell.source += "\n"
+
+
 def count_outputs(nb):
     return sum(len(c.get("outputs", [])) for c in nb.cells if c.cell_type == "code")
 
@@ -168,9 +179,11 @@ def run(path, out_path, timeout):
             print(f"FAILED {name}: {problem}", file=sys.stderr)
         return False
     nb.metadata.setdefault("kernelspec", {"display_name": "Deno", "language": "typescript", "name": "deno"})
+    end_cells_with_newline(nb)
     nbformat.write(nb, out_path)
     code = sum(1 for c in nb.cells if c.cell_type == "code")
-    print(f"ok {name}: {code} code cells, {count_outputs(nb)} outputs, {seconds:.1f} s", flush=True)
+    late = f" ({client.late} arrived late and were kept)" if client.late else ""
+    print(f"ok {name}: {code} code cells, {count_outputs(nb)} outputs{late}, {seconds:.1f} s", flush=True)
     return True
 
 

@@ -72,7 +72,7 @@ export function selectMembers(excerpt: Excerpt, members: string[]): Excerpt {
   let skipped = false;
   lines.forEach((line, i) => {
     if (keep.has(i)) {
-      if (skipped) out.push("  // …");
+      if (skipped && out.length > 0) out.push("  // …");
       out.push(line);
       skipped = false;
     } else skipped = true;
@@ -98,9 +98,12 @@ export async function showSource(
   const part = options.members ? ` (members ${options.members.join(", ")})` : "";
   if (options.members) excerpt = selectMembers(excerpt, options.members);
   const heading = `\`lib/${file}\`, \`${name}\`${part}, lines ${excerpt.first}–${excerpt.last}:`;
+  // The JSDoc examples hold ``` fences of their own: the outer fence must be longer than any run inside.
+  const longest = Math.max(0, ...(excerpt.code.match(/`+/g) ?? []).map((run) => run.length));
+  const fence = "`".repeat(Math.max(3, longest + 1));
   return {
     [Symbol.for("Jupyter.display")]: () => ({
-      "text/markdown": `${heading}\n\n\`\`\`ts\n${excerpt.code}\n\`\`\``,
+      "text/markdown": `${heading}\n\n${fence}ts\n${excerpt.code}\n${fence}`,
       "text/plain": `${heading}\n\n${excerpt.code}`,
     }),
   };
