@@ -39,7 +39,8 @@ export function adam(learningRate: number): Adam {
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
  * import { crossEntropy } from "./train.ts";
- * crossEntropy(tf.zeros([1, 10]), tf.oneHot([3], 10).toFloat()).print(); // ln 10 ≈ 2.3026
+ * const targets = tf.oneHot(tf.tensor1d([3], "int32"), 10).toFloat() as tf.Tensor2D;
+ * crossEntropy(tf.zeros([1, 10]), targets).print(); // ln 10 ≈ 2.3026
  * ```
  */
 export function crossEntropy(logits: tf.Tensor2D, oneHotTargets: tf.Tensor2D): tf.Scalar {
@@ -218,7 +219,8 @@ function releaseAbandonedTape(): void {
 }
 
 /**
- * Percentage of examples whose highest logit is the true label: the tutorial's `compute_accuracy`.
+ * Percentage of examples whose highest logit is the true label: the tutorial's `compute_accuracy`. It is async
+ * because GPU backends (webgpu) can only read results back asynchronously.
  *
  * @example
  * ```ts
@@ -227,11 +229,11 @@ function releaseAbandonedTape(): void {
  * import { DataLoader, loadMnist } from "./mnist.ts";
  * const { test } = await loadMnist({ limit: 100 });
  * const model = new MultilayerPerceptron(784, 128, 256, 10);
- * console.log(computeAccuracy(model, new DataLoader(test, { batchSize: 64 }))); // about 10 before training
+ * console.log(await computeAccuracy(model, new DataLoader(test, { batchSize: 64 }))); // about 10 before training
  * model.dispose();
  * ```
  */
-export function computeAccuracy(model: Module, loader: Iterable<Batch>): number {
+export async function computeAccuracy(model: Module, loader: Iterable<Batch>): Promise<number> {
   let correct = 0, total = 0;
   for (const batch of loader) {
     const width = batch.features.length / batch.size;
@@ -239,7 +241,7 @@ export function computeAccuracy(model: Module, loader: Iterable<Batch>): number 
       const logits = model.apply(tf.tensor2d(batch.features, [batch.size, width]));
       return tf.argMax(logits, 1);
     });
-    const labels = predicted.dataSync();
+    const labels = await predicted.data();
     predicted.dispose();
     for (let i = 0; i < batch.size; i++) if (labels[i] === batch.labels[i]) correct++;
     total += batch.size;
