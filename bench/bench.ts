@@ -171,10 +171,10 @@ function budget(backend: string, quick: boolean) {
     // Many short runs rather than a few long ones: other processes come and go on these shared cores, and
     // short interleaved runs let each configuration see the same mix of quiet and busy moments.
     warmupSteps: slow ? 3 : quick ? 10 : 30,
-    stepsPerRun: slow ? 3 : quick ? 10 : 15,
-    runs: slow ? 5 : quick ? 5 : 21,
+    stepsPerRun: slow ? 3 : quick ? 15 : 15,
+    runs: slow ? 5 : quick ? 9 : 21,
     inferenceCalls: slow ? 3 : quick ? 10 : 20,
-    inferenceRuns: slow ? 7 : quick ? 5 : 21,
+    inferenceRuns: slow ? 7 : quick ? 15 : 21,
     // Accuracy: full MNIST for two epochs on wasm (as the tutorial); a subset and one epoch elsewhere.
     epochs: slow || quick ? 1 : 2,
     trainExamples: slow ? 3_200 : quick ? 6_400 : 60_000,
