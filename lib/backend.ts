@@ -19,7 +19,6 @@ export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
 /** Every accepted {@linkcode BackendName}, in the order they are described in the README. */
 export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "webgpu", "tensorflow"];
 
-
 /**
  * Picks, loads and initialises a backend, and returns its name.
  *

@@ -98,6 +98,14 @@ export interface LinearOptions {
   seed?: number;
 }
 
+/**
+ * tfjs seeds its generators with `String(seed)` but treats a falsy seed as "none", so seed 0 would give new
+ * numbers on every run. Handing it the string itself keeps every other seed's numbers and makes 0 a seed too.
+ */
+function tfSeed(seed: number): number {
+  return String(seed) as unknown as number;
+}
+
 let unseeded = 1;
 /** A fresh seed for callers that gave none, so that two layers never start identical. */
 function nextSeed(): number {
@@ -139,11 +147,11 @@ export class Linear implements Module {
     const seed = options.seed ?? nextSeed();
     // tidy frees the initial values; the variables themselves outlive it.
     this.weight = tf.tidy(() =>
-      tf.variable(tf.randomUniform([inFeatures, outFeatures], -bound, bound, "float32", seed))
+      tf.variable(tf.randomUniform([inFeatures, outFeatures], -bound, bound, "float32", tfSeed(seed)))
     );
     this.bias = options.bias === false
       ? null
-      : tf.tidy(() => tf.variable(tf.randomUniform([outFeatures], -bound, bound, "float32", seed + 1)));
+      : tf.tidy(() => tf.variable(tf.randomUniform([outFeatures], -bound, bound, "float32", tfSeed(seed + 1))));
   }
 
   apply(x: tf.Tensor2D, needsInputGrad = true): tf.Tensor2D {
@@ -261,7 +269,9 @@ export class LoRALayer implements Module {
     this.convention = options.scaling ?? "tutorial";
     this.scaling = loraScaling(alpha, rank, this.convention);
     const std = 1 / Math.sqrt(rank);
-    this.A = tf.tidy(() => tf.variable(tf.randomNormal([inDim, rank], 0, std, "float32", options.seed ?? nextSeed())));
+    this.A = tf.tidy(() =>
+      tf.variable(tf.randomNormal([inDim, rank], 0, std, "float32", tfSeed(options.seed ?? nextSeed())))
+    );
     this.B = tf.tidy(() => tf.variable(tf.zeros([rank, outDim])));
   }
 

@@ -9,7 +9,15 @@ import {
   matMul,
   ReLU,
 } from "../lib/mod.ts";
-import { assert, assertBitIdentical, assertClose, assertEquals, assertNoLeak, assertThrows } from "./assert.ts";
+import {
+  assert,
+  assertBitIdentical,
+  assertClose,
+  assertEquals,
+  assertNoLeak,
+  assertThrows,
+  maxAbsDiff,
+} from "./assert.ts";
 
 await initBackend();
 
@@ -154,4 +162,19 @@ Deno.test("forward passes and clones leave no tensors behind", async () => {
   });
   x.dispose();
   layer.dispose();
+});
+
+Deno.test("every seed repeats, 0 included (tfjs alone treats 0 as no seed)", () => {
+  for (const seed of [0, 1, 123]) {
+    const [a, b] = [new Linear(6, 4, { seed }), new Linear(6, 4, { seed })];
+    const [la, lb] = [new LoRALayer(6, 4, 2, 1, { seed }), new LoRALayer(6, 4, 2, 1, { seed })];
+    assertBitIdentical(a.weight, b.weight, `Linear weight, seed ${seed}`);
+    assertBitIdentical(a.bias!, b.bias!, `Linear bias, seed ${seed}`);
+    assertBitIdentical(la.A, lb.A, `LoRA A, seed ${seed}`);
+    [a, b, la, lb].forEach((layer) => layer.dispose());
+  }
+  const [zero, one] = [new Linear(6, 4, { seed: 0 }), new Linear(6, 4, { seed: 1 })];
+  assert.ok(maxAbsDiff(zero.weight, one.weight) > 0, "different seeds, different weights");
+  zero.dispose();
+  one.dispose();
 });
