@@ -70,7 +70,10 @@ Deno.test("notebooks: every cell ends with a newline, as deno fmt --check requir
   for (const name of notebookNames()) {
     readNotebook(name).cells.forEach((cell, i) => {
       const text = source(cell);
-      assert.ok(text === "" || text.endsWith("\n"), `${name}, cell ${i + 1}: source does not end with a newline`);
+      assert.ok(
+        text === "" || text.endsWith("\n"),
+        `${name}, cell ${i + 1}: source does not end with a newline (deno task notebooks adds it; or add it by hand)`,
+      );
     });
   }
 });
