@@ -49,6 +49,13 @@ Deno.test("no console banner on backend start", async () => {
 
 Deno.test("webgpu (software Vulkan here) computes what cpu computes: outputs and LoRA gradients", async () => {
   const { Linear, LinearWithLoRA, crossEntropy } = await import("../lib/mod.ts");
+  // initBackend gives Mesa a private XDG_RUNTIME_DIR in the system's temporary folder; the tests may write only
+  // under data/, so they provide one there (without it Mesa prints a warning and works all the same).
+  if (Deno.env.get("XDG_RUNTIME_DIR") === undefined) {
+    await Deno.mkdir("data/xdg-runtime", { recursive: true, mode: 0o700 });
+    await Deno.chmod("data/xdg-runtime", 0o700);
+    Deno.env.set("XDG_RUNTIME_DIR", `${Deno.cwd()}/data/xdg-runtime`);
+  }
   const run = async (backend: "webgpu" | "cpu") => {
     await initBackend(backend);
     const layer = new LinearWithLoRA(new Linear(20, 5, { seed: 1 }), 2, 4, { seed: 2 });
