@@ -138,6 +138,7 @@ export class Linear implements Module {
   /** Bias, shape `[outFeatures]`, or `null` for a layer without one. */
   bias: tf.Variable<tf.Rank.R1> | null;
 
+  /** A layer from `inFeatures` to `outFeatures` values, initialised at random (seeded by `options.seed`). */
   constructor(inFeatures: number, outFeatures: number, options: LinearOptions = {}) {
     checkDim("Linear", "inFeatures", inFeatures);
     checkDim("Linear", "outFeatures", outFeatures);
@@ -258,6 +259,7 @@ export class LoRALayer implements Module {
   /** Up-projection, shape `[rank, outDim]`; zeros at the start. */
   B: tf.Variable<tf.Rank.R2>;
 
+  /** A rank-`rank` update from `inDim` to `outDim` values; the rank must be 1 to min(inDim, outDim). */
   constructor(inDim: number, outDim: number, rank: number, alpha: number, options: LoRAOptions = {}) {
     checkDim("LoRALayer", "inDim", inDim);
     checkDim("LoRALayer", "outDim", outDim);
@@ -373,6 +375,7 @@ export class LinearWithLoRA implements Module {
   private disabled = false;
   private mergedNames: string[] = [];
 
+  /** Wraps `linear` (which must be a {@linkcode Linear}) with a first adapter of the given rank and alpha. */
   constructor(linear: Module, rank: number, alpha: number, options: LinearWithLoRAOptions = {}) {
     const base = requireLinear(new.target.name, linear);
     const name = options.adapterName ?? "default";
@@ -593,6 +596,7 @@ export class LinearWithLoRA implements Module {
  * ```
  */
 export class LinearWithLoRAMerged extends LinearWithLoRA {
+  /** `x·(W + scaling·A·B) + b`: the merged weight is formed on every call. */
   override apply(x: tf.Tensor2D, needsInputGrad = true): tf.Tensor2D {
     checkInput(this, x, this.linear.inFeatures);
     const lora = this.adapters.get(this.activeAdapter);

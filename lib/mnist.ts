@@ -223,6 +223,7 @@ export class DataLoader implements Iterable<Batch> {
   readonly shuffle: boolean;
   #random: () => number;
 
+  /** Batches of `split`, `options.batchSize` at a time, shuffled each epoch if `options.shuffle`. */
   constructor(split: MnistSplit, options: DataLoaderOptions) {
     if (!Number.isInteger(options.batchSize) || options.batchSize <= 0) {
       throw new RangeError(`DataLoader: batchSize must be a positive integer; got ${options.batchSize}.`);
@@ -238,6 +239,7 @@ export class DataLoader implements Iterable<Batch> {
     return Math.ceil(this.split.count / this.batchSize);
   }
 
+  /** One epoch: every example once, in batches; the last batch holds the remainder. */
   *[Symbol.iterator](): Iterator<Batch> {
     const { split, batchSize } = this;
     const order = Uint32Array.from({ length: split.count }, (_, i) => i);

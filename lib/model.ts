@@ -37,6 +37,7 @@ export class MultilayerPerceptron implements Module {
   /** The sequence of layers; indices 0, 2 and 4 are the linear ones. */
   layers: Module[];
 
+  /** Widths numFeatures → numHidden1 → numHidden2 → numClasses (the tutorial: 784, 128, 256, 10). */
   constructor(
     numFeatures: number,
     numHidden1: number,

@@ -81,6 +81,7 @@ export class Adam extends tf.Optimizer {
   /** The class name tfjs's serialization registry would know this optimizer by. */
   static className = "LoraAdam";
 
+  /** An Adam optimizer with step size `learningRate`; the options default to PyTorch's. */
   constructor(learningRate: number, options: AdamOptions = {}) {
     super();
     const { beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, fused = true } = options;
