@@ -54,10 +54,11 @@ export type ScalingConvention = "tutorial" | "paper" | "rslora";
  * The factor LoRA multiplies `x·A·B` by.
  *
  * - `"tutorial"` (the default here, as in the tutorial): `alpha`.
- * - `"paper"`: `alpha / rank`, as in the LoRA paper, Microsoft's loralib and Hugging Face PEFT. Changing the
- *   rank then changes the update's size less, so a tuned learning rate carries over between ranks.
- * - `"rslora"`: `alpha / sqrt(rank)`, rank-stabilised LoRA (Kalajdzievski, 2023; PEFT's `use_rslora`),
- *   which keeps learning stable at large ranks.
+ * - `"paper"`: `alpha / rank`, as in the LoRA paper, Microsoft's loralib and Hugging Face PEFT. The paper chose
+ *   it hoping a tuned alpha would carry over between ranks; in practice it shrinks the update as the rank grows,
+ *   so larger ranks learn more slowly.
+ * - `"rslora"`: `alpha / sqrt(rank)`, rank-stabilised LoRA (Kalajdzievski, 2023; PEFT's `use_rslora`), which
+ *   keeps the size of the update, and so the learning speed, about the same at every rank.
  *
  * @example
  * ```ts
