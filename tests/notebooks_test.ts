@@ -110,6 +110,29 @@ Deno.test("notebooks: committed with outputs that hold no error, ANSI code, mach
   }
 });
 
+Deno.test("notebooks: the lib/ source they show is today's lib/ (re-run the notebooks after editing lib/)", async () => {
+  const call = /showSource\("([^"]+)", "([^"]+)"(?:, \{ members: \[([^\]]*)\] \})?\)/;
+  let checked = 0;
+  for (const name of notebookNames()) {
+    for (const cell of readNotebook(name).cells) {
+      const match = cell.cell_type === "code" ? call.exec(source(cell)) : null;
+      if (match === null) continue;
+      const [, file, declaration, memberList] = match;
+      let excerpt = extractDeclaration(await readLib(file), declaration);
+      const members = memberList?.split(",").map((m) => JSON.parse(m.trim()) as string);
+      if (members) excerpt = selectMembers(excerpt, members);
+      const shown = cell.outputs?.map((o) => o.data?.["text/plain"]).find((t) => t !== undefined);
+      const text = Array.isArray(shown) ? shown.join("") : String(shown);
+      const part = members ? ` (members ${members.join(", ")})` : "";
+      const expected =
+        `\`lib/${file}\`, \`${declaration}\`${part}, lines ${excerpt.first}–${excerpt.last}:\n\n${excerpt.code}`;
+      assert.equal(text, expected, `${name}: the output of showSource("${file}", "${declaration}") is stale`);
+      checked++;
+    }
+  }
+  assert.ok(checked >= 9, `only ${checked} showSource cells found`);
+});
+
 Deno.test("notebooks: cells become one module, with relative imports made absolute", () => {
   const { code, origins } = notebookToModule({
     cells: [
