@@ -128,9 +128,11 @@ export class Adam extends tf.Optimizer {
     const alpha = this.learningRate * c2 / (1 - this.beta1 ** t);
     const eps = this.epsilon * c2;
     const host = this.fused ? hostMemory() : null;
-    for (const [name, grad] of grads) {
-      if (grad == null) continue;
-      const state = this.#moments(name, grad);
+    // Every gradient is checked before any variable changes, so a bad one leaves the step undone, not half done.
+    const present = grads.filter(([, grad]) => grad != null);
+    for (const [name, grad] of present) this.#check(name, grad);
+    for (const [name, grad] of present) {
+      const state = this.#moments(name);
       if (host !== null) this.#updateOnHost(host, state, grad, alpha, eps);
       else this.#updateWithKernels(state, grad, alpha, eps);
     }
@@ -147,7 +149,8 @@ export class Adam extends tf.Optimizer {
     for (const [name, { m, v }] of this.#state) {
       // Copies of the values, not clone(): a clone would share the buffer this optimizer changes in place.
       for (const [suffix, t] of [["m", m], ["v", v]] as const) {
-        weights.push({ name: `${name}/${suffix}`, tensor: tf.tensor(await t.data(), t.shape) });
+        // slice(): on cpu, data() hands back the backend's own array, which the next step changes in place.
+        weights.push({ name: `${name}/${suffix}`, tensor: tf.tensor((await t.data()).slice(), t.shape) });
       }
     }
     return weights;
@@ -170,21 +173,23 @@ export class Adam extends tf.Optimizer {
     this.#step = 0;
   }
 
-  #moments(name: string, grad: tf.Tensor): Moments {
+  #check(name: string, grad: tf.Tensor): void {
+    const variable = this.#state.get(name)?.variable ?? tf.engine().registeredVariables[name];
+    if (variable === undefined) throw new Error(`Adam: no variable is named "${name}".`);
+    if (variable.dtype !== "float32") {
+      throw new TypeError(`Adam: ${name} has dtype ${variable.dtype}; expected float32.`);
+    }
+    if (!tf.util.arraysEqual(grad.shape, variable.shape)) {
+      throw new RangeError(`Adam: the gradient of ${name} has shape [${grad.shape}]; expected [${variable.shape}].`);
+    }
+  }
+
+  #moments(name: string): Moments {
     let state = this.#state.get(name);
     if (state === undefined) {
       const variable = tf.engine().registeredVariables[name];
-      if (variable === undefined) throw new Error(`Adam: no variable is named "${name}".`);
-      if (variable.dtype !== "float32") {
-        throw new TypeError(`Adam: ${name} has dtype ${variable.dtype}; expected float32.`);
-      }
       state = { variable, m: tf.zerosLike(variable), v: tf.zerosLike(variable) };
       this.#state.set(name, state);
-    }
-    if (grad.size !== state.variable.size) {
-      throw new RangeError(
-        `Adam: the gradient of ${name} has shape [${grad.shape}]; expected [${state.variable.shape}].`,
-      );
     }
     return state;
   }

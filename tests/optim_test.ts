@@ -122,3 +122,40 @@ Deno.test("Adam rejects bad hyperparameters, naming the expected value", () => {
   assertThrows(() => optimizer.applyGradients({ "no such variable": g }), Error, /no variable is named/);
   g.dispose();
 });
+
+Deno.test("a bad gradient anywhere leaves every variable, the moments and the step count as they were", () => {
+  const w1 = tf.variable(tf.ones([2, 2]));
+  const w2 = tf.variable(tf.ones([2, 2]));
+  const optimizer = new Adam(0.1);
+  const good = tf.ones([2, 2]);
+  for (const bad of [tf.ones([3]), tf.ones([4])]) { // a wrong size, and the right size in the wrong shape
+    assertThrows(
+      () => optimizer.applyGradients({ [w1.name]: good, [w2.name]: bad }),
+      RangeError,
+      new RegExp(`gradient of ${w2.name} has shape \\[${bad.shape}\\]; expected \\[2,2\\]`),
+    );
+    bad.dispose();
+  }
+  assertEquals(Array.from(w1.dataSync()), [1, 1, 1, 1]);
+  assertEquals([optimizer.step, optimizer.stateBytes], [0, 0]);
+  optimizer.dispose();
+  tf.dispose([w1, w2, good]);
+});
+
+Deno.test("getWeights returns copies that later steps do not change, on every backend", async () => {
+  for (const backend of ["wasm", "cpu"] as const) {
+    await initBackend(backend);
+    const w = tf.variable(tf.tensor1d([1, -1]));
+    const optimizer = new Adam(0.1);
+    optimizer.minimize(() => tf.sum(tf.square(w)) as tf.Scalar);
+    const weights = await optimizer.getWeights();
+    const m = weights.find((x) => x.name.endsWith("/m"))!.tensor;
+    const before = Array.from(m.dataSync());
+    optimizer.minimize(() => tf.sum(tf.square(w)) as tf.Scalar);
+    assertEquals(Array.from(m.dataSync()), before, `${backend}: the copy of m moved with the optimizer`);
+    tf.dispose(weights.map((x) => x.tensor));
+    optimizer.dispose();
+    w.dispose();
+  }
+  await initBackend("wasm");
+});
