@@ -25,7 +25,7 @@ import {
   type Module,
   type ScalingConvention,
 } from "./layers.ts";
-import type { AddLoRAOptions } from "./model.ts";
+import { type AddLoRAOptions, freezeLinearLayers } from "./model.ts";
 import { decodeSafetensors, encodeSafetensors, type StoredTensor, type TensorData } from "./safetensors.ts";
 
 /**
@@ -191,8 +191,9 @@ export type AdapterOptions = Omit<AddLoRAOptions, "merged">;
 
 /**
  * Adds a new adapter called `name` to the chosen layers (default: every linear layer), as PEFT's
- * `add_adapter` does. A plain `Linear` is wrapped in `LinearWithLoRA` with its weights frozen; a layer
- * already wrapped gains one more adapter, frozen and inactive until {@linkcode setAdapter} selects it.
+ * `add_adapter` does. A plain `Linear` is wrapped in `LinearWithLoRA`; a layer already wrapped gains one more
+ * adapter. Every base weight of the model is frozen, and the new adapter is frozen and inactive until
+ * {@linkcode setAdapter} selects it (unless the model had no adapter yet, when it becomes the active one).
  * If anything is wrong (a target that is not linear, a name already taken, a bad rank) the model is left
  * as it was.
  *
@@ -221,6 +222,7 @@ export function addAdapter(model: LayeredModel, name: string, options: AdapterOp
     }
   }
   // Build everything first; undo what was built if a step fails, so the model is unchanged.
+  const activeBefore = loraLayers(model)[0]?.[1].activeAdapter;
   const wrappers = new Map<number, LinearWithLoRA>();
   const extended: LinearWithLoRA[] = [];
   try {
@@ -231,7 +233,10 @@ export function addAdapter(model: LayeredModel, name: string, options: AdapterOp
         layer.addAdapter(name, options.rank, options.alpha, lora);
         extended.push(layer);
       } else {
-        wrappers.set(i, new LinearWithLoRA(layer, options.rank, options.alpha, { ...lora, adapterName: name }));
+        const wrapper = new LinearWithLoRA(layer, options.rank, options.alpha, { ...lora, adapterName: name });
+        // As in PEFT, the new adapter stays inactive (and frozen) until setAdapter picks it, unless it is the first.
+        if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
+        wrappers.set(i, wrapper);
       }
     }
   } catch (error) {
@@ -778,11 +783,10 @@ function linearModules(model: LayeredModel): [string, number][] {
 }
 
 /** Puts new wrappers into the model and freezes their base weights, as `addLoRA` does. */
+/** Puts the new wrappers in place and freezes every base weight of the model, as `addLoRA` and PEFT do. */
 function attachWrappers(model: LayeredModel, wrappers: Map<number, LinearWithLoRA>): void {
-  for (const [i, wrapper] of wrappers) {
-    for (const { variable } of wrapper.linear.namedParameters()) variable.trainable = false;
-    model.layers[i] = wrapper;
-  }
+  for (const [i, wrapper] of wrappers) model.layers[i] = wrapper;
+  freezeLinearLayers(model);
 }
 
 function requireAdapter(model: LayeredModel, name: string, caller: string): void {

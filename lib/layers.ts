@@ -495,7 +495,8 @@ export class LinearWithLoRA implements Module {
     }
     lora.dispose();
     this.adapters.delete(name);
-    if (this.active === name) this.active = this.adapters.keys().next().value!;
+    // The next adapter takes over as setAdapter would make it: active and the only trainable one.
+    if (this.active === name) this.setAdapter(this.adapters.keys().next().value!);
   }
 
   /** Makes `apply` run the base layer alone until {@linkcode LinearWithLoRA.enableAdapters}. */

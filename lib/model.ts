@@ -58,10 +58,12 @@ export class MultilayerPerceptron implements Module {
     }
   }
 
-  /** Logits for `x` of shape `[batch, numFeatures]`. */
-  apply(x: tf.Tensor2D): tf.Tensor2D {
-    // The input is raw data: no gradient with respect to it is needed.
-    return new Sequential(this.layers).apply(x, false);
+  /**
+   * Logits for `x` of shape `[batch, numFeatures]`. The input is normally raw data, which needs no gradient;
+   * pass `needsInputGrad = true` when `x` comes from trainable layers (this model used inside another).
+   */
+  apply(x: tf.Tensor2D, needsInputGrad = false): tf.Tensor2D {
+    return new Sequential(this.layers).apply(x, needsInputGrad);
   }
 
   children(): [string, Module][] {
@@ -212,6 +214,9 @@ export interface AddLoRAOptions extends LoRAOptions {
 export function addLoRA(model: MultilayerPerceptron, options: AddLoRAOptions): MultilayerPerceptron {
   const targets = options.targetModules ??
     model.layers.flatMap((layer, i) => (layer instanceof Linear ? [i] : []));
+  if (new Set(targets).size !== targets.length) {
+    throw new RangeError(`addLoRA: targetModules lists a layer twice: [${targets.join(", ")}].`);
+  }
   for (const i of targets) {
     if (!(model.layers[i] instanceof Linear)) {
       const got = model.layers[i] === undefined ? "nothing" : model.layers[i].constructor.name;

@@ -142,22 +142,34 @@ export async function train(
     // The loss is summed on the backend and read once per epoch, not once per batch.
     let lossSum: tf.Scalar = tf.scalar(0);
     let batch = 0;
-    for (const data of loader) {
-      const loss = trainStep(model, optimizer, data, variables);
-      const nextSum = tf.add(lossSum, loss) as tf.Scalar;
-      lossSum.dispose();
-      lossSum = nextSum;
-      batch++;
-      history.steps++;
-      if (batch % logEvery === 0 || batch === batches) {
-        const value = (await loss.data())[0];
-        history.losses.push([history.steps, value]);
-        const seconds = (performance.now() - start) / 1000;
-        await onProgress?.({ epoch, epochs, batch, batches, loss: value, seconds });
+    try {
+      for (const data of loader) {
+        const loss = trainStep(model, optimizer, data, variables);
+        try {
+          const nextSum = tf.add(lossSum, loss) as tf.Scalar;
+          lossSum.dispose();
+          lossSum = nextSum;
+          batch++;
+          history.steps++;
+          if (batch % logEvery === 0 || batch === batches) {
+            const value = (await loss.data())[0];
+            history.losses.push([history.steps, value]);
+            const seconds = (performance.now() - start) / 1000;
+            await onProgress?.({ epoch, epochs, batch, batches, loss: value, seconds });
+          }
+        } finally {
+          loss.dispose();
+        }
       }
-      loss.dispose();
+    } catch (error) {
+      lossSum.dispose(); // a failed step or callback leaves no tensor behind
+      throw error;
     }
-    const meanLoss = (await lossSum.data())[0] / Math.max(batch, 1);
+    if (batch === 0) {
+      lossSum.dispose();
+      throw new Error("train: the loader yielded no batches.");
+    }
+    const meanLoss = (await lossSum.data())[0] / batch;
     lossSum.dispose();
     const summary = { epoch, meanLoss, seconds: (performance.now() - epochStart) / 1000 };
     history.epochs.push(summary);

@@ -227,7 +227,7 @@ Deno.test("addAdapter with a rank too big for one layer changes nothing and leak
   model.dispose();
 });
 
-Deno.test("addAdapter on a plain model wraps the chosen layers and freezes their base weights", () => {
+Deno.test("addAdapter on a plain model wraps the chosen layers and freezes every base weight", () => {
   const model = addAdapter(small(), "task", { rank: 2, alpha: 4, targetModules: [0, 4] });
   assertEquals(loraLayers(model).map(([name, layer]) => `${name}:${layer.activeAdapter}`), [
     "layers.0:task",
@@ -236,11 +236,33 @@ Deno.test("addAdapter on a plain model wraps the chosen layers and freezes their
   assertEquals(namedParameters(model).filter((p) => p.variable.trainable).map((p) => p.name), [
     "layers.0.lora_task.A",
     "layers.0.lora_task.B",
-    "layers.2.weight",
-    "layers.2.bias",
     "layers.4.lora_task.A",
     "layers.4.lora_task.B",
   ]);
+  model.dispose();
+});
+
+Deno.test("a second adapter, even on newly wrapped layers, stays inactive and frozen until setAdapter", () => {
+  const model = addLoRA(small(), { rank: 2, alpha: 4, targetModules: [0] });
+  addAdapter(model, "x", { rank: 2, alpha: 4, targetModules: [0, 2] });
+  assertEquals(loraLayers(model).map(([name, layer]) => `${name}:${layer.activeAdapter}`), [
+    "layers.0:default",
+    "layers.2:default", // layers.2 has no "default": it runs its base layer alone
+  ]);
+  const trainable = () => namedParameters(model).filter((p) => p.variable.trainable).map((p) => p.name);
+  assertEquals(trainable(), ["layers.0.lora.A", "layers.0.lora.B"]);
+  setAdapter(model, "x");
+  assertEquals(trainable(), ["layers.0.lora_x.A", "layers.0.lora_x.B", "layers.2.lora_x.A", "layers.2.lora_x.B"]);
+  model.dispose();
+});
+
+Deno.test("deleting the active adapter hands over to the next one, active and trainable", () => {
+  const model = addLoRA(small(), { rank: 2, alpha: 4 });
+  addAdapter(model, "rotated", { rank: 2, alpha: 4 });
+  deleteAdapter(model, "default");
+  assertEquals(listAdapters(model), ["rotated"]);
+  assertEquals(trainableVariables(model).length, 6);
+  assert.ok(loraLayers(model).every(([, layer]) => layer.activeAdapter === "rotated" && layer.lora.B.trainable));
   model.dispose();
 });
 

@@ -150,3 +150,27 @@ Deno.test("a forward pass of the MLP leaves no tensors behind", async () => {
   x.dispose();
   model.dispose();
 });
+
+Deno.test("an MLP used as a layer passes gradients back to the layers before it", () => {
+  const first = new Linear(4, 3, { seed: 1 });
+  const inner = new MultilayerPerceptron(3, 5, 5, 2, { seed: 2 });
+  const x = tf.randomNormal([8, 4], 0, 1, "float32", 3) as tf.Tensor2D;
+  const variables = [...first.namedParameters(), ...inner.namedParameters()].map((p) => p.variable);
+  const { grads, value } = tf.variableGrads(
+    () => tf.sum(tf.square(inner.apply(first.apply(x, false), true))) as tf.Scalar,
+    variables,
+  );
+  assertEquals(Object.keys(grads).length, variables.length, "every variable, the first layer's too, gets a gradient");
+  assert.ok(tf.abs(grads[first.weight.name]).max().dataSync()[0] > 0);
+  tf.dispose([x, value, grads]);
+  first.dispose();
+  inner.dispose();
+});
+
+Deno.test("addLoRA rejects a layer listed twice", () => {
+  const model = mlp();
+  const count = tf.memory().numTensors;
+  assertThrows(() => addLoRA(model, { rank: 2, alpha: 4, targetModules: [0, 0] }), RangeError, /lists a layer twice/);
+  assertEquals(tf.memory().numTensors, count);
+  model.dispose();
+});

@@ -122,6 +122,42 @@ Deno.test("a training step, an evaluation and a forward pass leave no tensors be
   model.dispose();
 });
 
+Deno.test("a failing step or progress callback mid-epoch leaves no tensor behind", async () => {
+  const model = mlp();
+  const optimizer = adam(0.005);
+  const loader = new DataLoader(subset(trainSmall, 0, 256), { batchSize: 64 });
+  trainStep(model, optimizer, Array.from(loader)[0], trainableVariables(model)).dispose(); // creates Adam's state
+  await assertNoLeak(() =>
+    assertRejects(
+      () =>
+        train(model, optimizer, loader, {
+          epochs: 1,
+          logEvery: 2,
+          onProgress: () => Promise.reject(new Error("stop")),
+        }),
+      Error,
+      /stop/,
+    )
+  );
+  const corrupt = subset(trainSmall, 0, 256);
+  corrupt.labels[100] = 10; // an MNIST file cannot hold this (mnistFromIdx rejects it); a hand-made split can
+  await assertNoLeak(() =>
+    assertRejects(
+      () => train(model, optimizer, new DataLoader(corrupt, { batchSize: 64 }), { epochs: 1 }),
+      RangeError,
+      /Label 10/,
+    )
+  );
+  const empty = subset(trainSmall, 0, 0);
+  await assertRejects(
+    () => train(model, optimizer, new DataLoader(empty, { batchSize: 64 }), { epochs: 1 }),
+    Error,
+    /no batches/,
+  );
+  optimizer.dispose();
+  model.dispose();
+});
+
 Deno.test("cross-entropy of uniform logits is ln(classes)", () => {
   const loss = crossEntropy(
     tf.zeros([4, 10]),
