@@ -17,8 +17,8 @@ import {
   countParameters,
   DataLoader,
   initBackend,
-  type LinearWithLoRA,
   loadMnist,
+  mergeAdapter,
   MultilayerPerceptron,
   type Progress,
   saveWeights,
@@ -42,7 +42,7 @@ if (args.help) {
 }
 const epochs = positiveInteger("--epochs", args.epochs!);
 const loraEpochs = positiveInteger("--lora-epochs", args["lora-epochs"] ?? args.epochs!);
-const seed = positiveInteger("--seed", args.seed!);
+const seed = nonNegativeInteger("--seed", args.seed!);
 
 // The tutorial's hyperparameters.
 const [numFeatures, numHidden1, numHidden2, numClasses] = [784, 128, 256, 10];
@@ -76,7 +76,7 @@ console.log(`LoRA test accuracy ${loraAccuracy.toFixed(2)}%`);
 const images = tf.tensor2d(testSet.images, [testSet.count, numFeatures]);
 const unmergedLogits = lora.apply(images);
 const merged = lora.clone();
-for (const layer of merged.layers) if ("merge" in layer) (layer as LinearWithLoRA).merge();
+mergeAdapter(merged);
 const mergedLogits = merged.apply(images);
 const gap = tf.max(tf.abs(tf.sub(mergedLogits, unmergedLogits)));
 const mergeGap = (await gap.data())[0];
@@ -132,6 +132,15 @@ function positiveInteger(flag: string, text: string): number {
   const n = Number(text);
   if (!Number.isInteger(n) || n <= 0) {
     console.error(`${flag} expects a positive integer; got "${text}".`);
+    Deno.exit(2);
+  }
+  return n;
+}
+
+function nonNegativeInteger(flag: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) {
+    console.error(`${flag} expects a non-negative integer; got "${text}".`);
     Deno.exit(2);
   }
   return n;

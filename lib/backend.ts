@@ -16,7 +16,15 @@ silenceCpuBanner();
 /** The backends {@linkcode initBackend} knows how to start. */
 export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
 
-/** Every accepted {@linkcode BackendName}, in the order they are described in the README. */
+/**
+ * Every accepted {@linkcode BackendName}, in the order they are described in the README.
+ *
+ * @example
+ * ```ts
+ * import { BACKEND_NAMES } from "./backend.ts";
+ * console.log(BACKEND_NAMES.join(", ")); // wasm, cpu, webgpu, tensorflow
+ * ```
+ */
 export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "webgpu", "tensorflow"];
 
 /**

@@ -100,8 +100,9 @@ export interface LinearOptions {
 }
 
 /**
- * tfjs seeds its generators with `String(seed)` but treats a falsy seed as "none", so seed 0 would give new
- * numbers on every run. Handing it the string itself keeps every other seed's numbers and makes 0 a seed too.
+ * tfjs seeds its generators with `String(seed)`, but its normal distribution treats a falsy seed as "none", so
+ * seed 0 would give new numbers on every run. Handing it the string itself keeps every other seed's numbers and
+ * makes 0 a seed too. (The cast is the price: tfjs's types say number, its code accepts any value.)
  */
 function tfSeed(seed: number): number {
   return String(seed) as unknown as number;
@@ -614,7 +615,21 @@ export class LinearWithLoRAMerged extends LinearWithLoRA {
   }
 }
 
-/** Lays out children the way PyTorch prints a module. */
+/**
+ * Lays out children the way PyTorch prints a module; every module's `toString` uses it.
+ *
+ * @example
+ * ```ts
+ * import { describeChildren, Linear, ReLU } from "./layers.ts";
+ * const layer = new Linear(2, 3);
+ * console.log(describeChildren("Block", [["0", layer], ["1", new ReLU()]]));
+ * // Block(
+ * //   (0): Linear(in_features=2, out_features=3, bias=true)
+ * //   (1): ReLU()
+ * // )
+ * layer.dispose();
+ * ```
+ */
 export function describeChildren(name: string, children: [string, Module][]): string {
   if (children.length === 0) return `${name}()`;
   const lines = children.map(([key, child]) => `(${key}): ${String(child)}`.replaceAll("\n", "\n  "));

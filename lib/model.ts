@@ -181,7 +181,17 @@ export function countParameters(model: Module): ParameterCount {
   return { total, trainable };
 }
 
-/** The variables an optimizer should update: the trainable ones. */
+/**
+ * The variables an optimizer should update: the trainable ones.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA, MultilayerPerceptron, trainableVariables } from "./model.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * console.log(trainableVariables(model).length); // 6: A and B of three layers
+ * model.dispose();
+ * ```
+ */
 export function trainableVariables(model: Module): tf.Variable[] {
   return model.namedParameters().map((p) => p.variable).filter((v) => v.trainable);
 }

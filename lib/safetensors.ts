@@ -180,7 +180,7 @@ function readInfo(name: string, info: unknown, dataLength: number) {
   const where = `safetensors: tensor "${name}"`;
   if (!isObject(info)) throw new SyntaxError(`${where} must map to an object with dtype, shape and data_offsets.`);
   const { dtype, shape, data_offsets: offsets } = info;
-  if (typeof dtype !== "string" || !(dtype in BYTES_PER_VALUE)) {
+  if (typeof dtype !== "string" || !Object.hasOwn(BYTES_PER_VALUE, dtype)) {
     throw new TypeError(`${where} has dtype ${JSON.stringify(dtype)}; this reader supports F32, F16 and BF16.`);
   }
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {

@@ -38,9 +38,10 @@ Deno.test("softmaxCrossEntropy stays finite where exp would overflow", () => {
   // wrong label and ≈ 0 for the right one.
   const logits = tf.tensor2d([[1000, 0], [1000, 0]]);
   const targets = tf.tensor2d([[0, 1], [1, 0]]);
-  const loss = softmaxCrossEntropy(logits, targets).dataSync()[0];
+  const lossTensor = softmaxCrossEntropy(logits, targets);
+  const loss = lossTensor.dataSync()[0];
   assert.ok(Math.abs(loss - 500) < 1e-3, `mean of 1000 and 0 should be 500; got ${loss}`);
-  tf.dispose([logits, targets]);
+  tf.dispose([logits, targets, lossTensor]);
 });
 
 Deno.test("crossEntropy is softmaxCrossEntropy, and a training step's worth of it leaks nothing", async () => {
