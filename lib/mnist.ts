@@ -35,7 +35,7 @@ export interface MnistSplit {
  * ```ts
  * import { parseIdx } from "./mnist.ts";
  * const file = new Uint8Array([0, 0, 8, 1, 0, 0, 0, 2, 7, 3]);
- * console.log(parseIdx(file, 1, "labels")); // { shape: [2], data: Uint8Array [7, 3] }
+ * console.log(parseIdx(file, 1, "labels")); // { shape: [ 2 ], data: Uint8Array(2) [ 7, 3 ] }
  * ```
  */
 export function parseIdx(bytes: Uint8Array, dims: number, source: string): { shape: number[]; data: Uint8Array } {
