@@ -121,13 +121,24 @@ export async function loadMnist(
   options: { limit?: number; dir?: string } = {},
 ): Promise<{ train: MnistSplit; test: MnistSplit }> {
   const dir = options.dir ?? mnistDataDir();
-  const read = (name: string) => Deno.readFile(`${dir}/${name}`);
-  const [trainImages, trainLabels, testImages, testLabels] = await Promise.all([
-    read("train-images-idx3-ubyte"),
-    read("train-labels-idx1-ubyte"),
-    read("t10k-images-idx3-ubyte"),
-    read("t10k-labels-idx1-ubyte"),
-  ]);
+  const names = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+  ];
+  const files: Uint8Array[] = [];
+  for (const name of names) { // one at a time, so the first missing file is the one reported
+    try {
+      files.push(await Deno.readFile(`${dir}/${name}`));
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      throw new Deno.errors.NotFound(
+        `MNIST: ${dir}/${name} does not exist; expected the four IDX files ${names.join(", ")}.`,
+      );
+    }
+  }
+  const [trainImages, trainLabels, testImages, testLabels] = files;
   const train = mnistFromIdx(trainImages, trainLabels, "MNIST train");
   const test = mnistFromIdx(testImages, testLabels, "MNIST test");
   return options.limit === undefined

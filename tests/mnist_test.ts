@@ -57,7 +57,11 @@ Deno.test("corrupt IDX files are clear errors", () => {
 });
 
 Deno.test("a missing data folder is an error that names the file", async () => {
-  await assertRejects(() => loadMnist({ dir: "data/fixtures/no-such-folder" }), Deno.errors.NotFound, /train-/);
+  await assertRejects(
+    () => loadMnist({ dir: "data/fixtures/no-such-folder" }),
+    Deno.errors.NotFound,
+    /no-such-folder\/train-images-idx3-ubyte does not exist; expected the four IDX files/,
+  );
 });
 
 Deno.test("DataLoader: batches cover every example once per epoch, the last one smaller", () => {
