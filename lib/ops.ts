@@ -10,7 +10,6 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import "./backend.ts"; // every module that computes imports this one: backend.ts silences tfjs's Node.js banner
 
 type Save = (tensors: tf.Tensor[]) => void;
 type Grad = { value: tf.Tensor2D; gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => tf.Tensor[] };
