@@ -88,7 +88,7 @@ export function weightsFromSafetensors(model: Module, bytes: Uint8Array): void {
   const values = parameters.map(({ name, variable }) => {
     const stored = tensors.get(name)!;
     const shape = transposed.has(name) ? [...variable.shape].reverse() : variable.shape;
-    if (!sameShape(stored.shape, shape)) {
+    if (!tf.util.arraysEqual(stored.shape, shape)) {
       throw new RangeError(
         `loadWeights: "${name}" has shape [${stored.shape}] in the file; the model expects [${shape}].`,
       );
@@ -614,7 +614,7 @@ export function adapterFromFiles(model: LayeredModel, files: AdapterFiles, adapt
       );
     }
     const [wantA, wantB] = [[r, base.inFeatures], [base.outFeatures, r]];
-    if (!sameShape(A!.shape, wantA) || !sameShape(B!.shape, wantB)) {
+    if (!tf.util.arraysEqual(A!.shape, wantA) || !tf.util.arraysEqual(B!.shape, wantB)) {
       throw new RangeError(
         `loadAdapter: ${module} is a ${base.inFeatures}→${base.outFeatures} linear layer, so with r = ${r} it ` +
           `needs lora_A [${wantA}] and lora_B [${wantB}]; the file has [${A!.shape}] and [${B!.shape}].`,
@@ -841,8 +841,4 @@ function transpose2d(data: ArrayLike<number>, shape: readonly number[]): TensorD
   const out = new Float32Array(rows * cols);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = data[i * cols + j];
   return { shape: [cols, rows], data: out };
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
