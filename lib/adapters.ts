@@ -93,13 +93,9 @@ export function weightsFromSafetensors(model: Module, bytes: Uint8Array): void {
         `loadWeights: "${name}" has shape [${stored.shape}] in the file; the model expects [${shape}].`,
       );
     }
-    return transposed.has(name) ? transpose2d(stored.data, stored.shape).data : stored.data;
+    return transposed.has(name) ? transpose2d(stored.data, stored.shape) : stored;
   });
-  parameters.forEach(({ variable }, i) => {
-    const value = tf.tensor(values[i], variable.shape, "float32");
-    variable.assign(value);
-    value.dispose();
-  });
+  parameters.forEach(({ variable }, i) => assignFrom(variable, values[i]));
 }
 
 /**
@@ -488,12 +484,8 @@ const ALPHA_KEY = "lora_alpha_as_given";
  * ```
  */
 export async function adapterToFiles(model: LayeredModel, adapterName = "default"): Promise<AdapterFiles> {
+  requireAdapter(model, adapterName, "adapterToFiles");
   const layers = loraLayers(model).filter(([, layer]) => layer.adapters.has(adapterName));
-  if (layers.length === 0) {
-    throw new Error(
-      `adapterToFiles: the model has no adapter "${adapterName}"; it has ${quoteAll(listAdapters(model))}.`,
-    );
-  }
   const loras = layers.map(([module, layer]) => [module, layer.adapters.get(adapterName)!] as const);
   const [, first] = loras[0];
   for (const [module, lora] of loras) {
@@ -708,13 +700,13 @@ export async function loadAdapter(model: LayeredModel, dir: string, adapterName 
 }
 
 function parseConfig(text: string): LoraConfig {
+  const where = `loadAdapter: ${ADAPTER_CONFIG_FILE}`;
   let config: unknown;
   try {
     config = JSON.parse(text);
   } catch (error) {
-    throw new SyntaxError(`loadAdapter: ${ADAPTER_CONFIG_FILE} is not valid JSON (${(error as Error).message}).`);
+    throw new SyntaxError(`${where} is not valid JSON (${(error as Error).message}).`);
   }
-  const where = `loadAdapter: ${ADAPTER_CONFIG_FILE}`;
   if (typeof config !== "object" || config === null || Array.isArray(config)) {
     throw new SyntaxError(`${where} must hold a JSON object.`);
   }
@@ -782,7 +774,6 @@ function linearModules(model: LayeredModel): [string, number][] {
   );
 }
 
-/** Puts new wrappers into the model and freezes their base weights, as `addLoRA` does. */
 /** Puts the new wrappers in place and freezes every base weight of the model, as `addLoRA` and PEFT do. */
 function attachWrappers(model: LayeredModel, wrappers: Map<number, LinearWithLoRA>): void {
   for (const [i, wrapper] of wrappers) model.layers[i] = wrapper;
@@ -828,10 +819,10 @@ function refuseMerged(module: Module, caller: string): void {
 function checkKeys(caller: string, found: string[], expected: Set<string>): void {
   const missing = [...expected].filter((name) => !found.includes(name));
   const unexpected = found.filter((name) => !expected.has(name));
-  if (missing.length > 0 || unexpected.length > 0) {
-    const parts = [];
-    if (missing.length > 0) parts.push(`missing ${missing.map((n) => `"${n}"`).join(", ")}`);
-    if (unexpected.length > 0) parts.push(`unexpected ${unexpected.map((n) => `"${n}"`).join(", ")}`);
+  const parts = [];
+  if (missing.length > 0) parts.push(`missing ${quoteAll(missing)}`);
+  if (unexpected.length > 0) parts.push(`unexpected ${quoteAll(unexpected)}`);
+  if (parts.length > 0) {
     throw new RangeError(`${caller}: the file's tensors do not match the model: ${parts.join("; ")}.`);
   }
 }
