@@ -391,7 +391,9 @@ export class LinearWithLoRA implements Module {
   get lora(): LoRALayer {
     const lora = this.adapters.get(this.active);
     if (lora === undefined) {
-      throw new Error(`This LinearWithLoRA has no adapter "${this.active}"; it has ${listNames(this.adapters)}.`);
+      throw new Error(
+        `This LinearWithLoRA has no adapter "${this.active}"; it has ${listNames(this.adapters.keys())}.`,
+      );
     }
     return lora;
   }
@@ -436,9 +438,7 @@ export class LinearWithLoRA implements Module {
         `applyMixed: got ${adapterNames.length} adapter names for a batch of ${x.shape[0]} rows; expected one per row.`,
       );
     }
-    if (this.merged) {
-      throw new Error(`applyMixed: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
-    }
+    this.refuseMerged("applyMixed");
     return tf.tidy(() => {
       let y = this.linear.apply(x, false);
       for (const name of new Set(adapterNames)) {
@@ -472,9 +472,7 @@ export class LinearWithLoRA implements Module {
    * adapter's are frozen, so training afterwards updates only it. Not allowed while merged.
    */
   setAdapter(name: string): void {
-    if (this.merged) {
-      throw new Error(`setAdapter: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
-    }
+    this.refuseMerged("setAdapter");
     this.active = name;
     for (const [key, lora] of this.adapters) lora.A.trainable = lora.B.trainable = key === name;
   }
@@ -486,7 +484,7 @@ export class LinearWithLoRA implements Module {
   deleteAdapter(name: string): void {
     const lora = this.adapters.get(name);
     if (lora === undefined) {
-      throw new Error(`deleteAdapter: no adapter named "${name}"; this layer has ${listNames(this.adapters)}.`);
+      throw new Error(`deleteAdapter: no adapter named "${name}"; this layer has ${listNames(this.adapters.keys())}.`);
     }
     if (this.mergedNames.includes(name)) {
       throw new Error(`deleteAdapter: adapter "${name}" is merged into the base weight; call unmerge() first.`);
@@ -502,9 +500,7 @@ export class LinearWithLoRA implements Module {
 
   /** Makes `apply` run the base layer alone until {@linkcode LinearWithLoRA.enableAdapters}. */
   disableAdapters(): void {
-    if (this.merged) {
-      throw new Error(`disableAdapters: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
-    }
+    this.refuseMerged("disableAdapters");
     this.disabled = true;
   }
 
@@ -525,12 +521,9 @@ export class LinearWithLoRA implements Module {
     if (this.disabled) throw new Error("merge(): adapters are disabled; call enableAdapters() first.");
     const lora = this.adapters.get(name);
     if (lora === undefined) {
-      throw new Error(`merge(): no adapter named "${name}"; this layer has ${listNames(this.adapters)}.`);
+      throw new Error(`merge(): no adapter named "${name}"; this layer has ${listNames(this.adapters.keys())}.`);
     }
-    const delta = lora.deltaWeight();
-    const next = tf.add(this.linear.weight, delta);
-    this.linear.weight.assign(next as tf.Tensor2D);
-    tf.dispose([delta, next]);
+    tf.tidy(() => this.linear.weight.assign(tf.add(this.linear.weight, lora.deltaWeight()) as tf.Tensor2D));
     this.mergedNames.push(name);
   }
 
@@ -542,11 +535,16 @@ export class LinearWithLoRA implements Module {
   unmerge(): void {
     if (!this.merged) throw new Error("unmerge(): this LinearWithLoRA is not merged; nothing to unmerge.");
     while (this.mergedNames.length > 0) {
-      const delta = this.adapters.get(this.mergedNames.at(-1)!)!.deltaWeight();
-      const next = tf.sub(this.linear.weight, delta);
-      this.linear.weight.assign(next as tf.Tensor2D);
-      tf.dispose([delta, next]);
+      const lora = this.adapters.get(this.mergedNames.at(-1)!)!;
+      tf.tidy(() => this.linear.weight.assign(tf.sub(this.linear.weight, lora.deltaWeight()) as tf.Tensor2D));
       this.mergedNames.pop();
+    }
+  }
+
+  /** Throws for `caller` while any adapter is folded into the base weight. */
+  private refuseMerged(caller: string): void {
+    if (this.merged) {
+      throw new Error(`${caller}: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
     }
   }
 
@@ -664,8 +662,8 @@ export function checkAdapterName(name: string): void {
   }
 }
 
-function listNames(names: Iterable<string> | Map<string, unknown>): string {
-  const list = [...(names instanceof Map ? names.keys() : names)];
+function listNames(names: Iterable<string>): string {
+  const list = [...names];
   return list.length === 0 ? "none" : list.map((n) => `"${n}"`).join(", ");
 }
 
