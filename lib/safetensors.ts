@@ -75,7 +75,7 @@ export function encodeSafetensors(
   tensors: Map<string, TensorData>,
   metadata: Record<string, string> = {},
 ): Uint8Array {
-  const names = [...tensors.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const names = [...tensors.keys()].sort(); // by UTF-16 code unit, not locale
   const header: Record<string, unknown> = {};
   if (Object.keys(metadata).length > 0) header.__metadata__ = metadata;
   let offset = 0;
@@ -84,7 +84,7 @@ export function encodeSafetensors(
     if (name === "" || name === "__metadata__") {
       throw new RangeError(`encodeSafetensors: "${name}" cannot name a tensor.`);
     }
-    if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0) || product(shape) !== data.length) {
+    if (!shape.every(isSize) || product(shape) !== data.length) {
       throw new RangeError(
         `encodeSafetensors: tensor "${name}" has shape [${shape.join(", ")}] but ${data.length} values.`,
       );
@@ -183,13 +183,10 @@ function readInfo(name: string, info: unknown, dataLength: number) {
   if (typeof dtype !== "string" || !Object.hasOwn(BYTES_PER_VALUE, dtype)) {
     throw new TypeError(`${where} has dtype ${JSON.stringify(dtype)}; this reader supports F32, F16 and BF16.`);
   }
-  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+  if (!Array.isArray(shape) || !shape.every(isSize)) {
     throw new SyntaxError(`${where} has shape ${JSON.stringify(shape)}; expected an array of non-negative integers.`);
   }
-  if (
-    !Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
-    offsets[0] > offsets[1]
-  ) {
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isSize) || offsets[0] > offsets[1]) {
     throw new SyntaxError(`${where} has data_offsets ${JSON.stringify(offsets)}; expected [begin, end], begin ≤ end.`);
   }
   const [begin, end] = offsets as [number, number];
@@ -242,6 +239,11 @@ function halfToFloat(h: number): number {
 
 function product(shape: number[]): number {
   return shape.reduce((a, b) => a * b, 1);
+}
+
+/** A non-negative safe integer: a valid dimension or byte offset. */
+function isSize(n: unknown): boolean {
+  return Number.isSafeInteger(n) && (n as number) >= 0;
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {
