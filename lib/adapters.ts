@@ -599,17 +599,17 @@ export function adapterFromFiles(model: LayeredModel, files: AdapterFiles, adapt
     const index = modules.get(module)!;
     const layer = model.layers[index] as Linear | LinearWithLoRA;
     const base = layer instanceof LinearWithLoRA ? layer.linear : layer;
-    const { A, B } = byModule.get(module)!;
-    if (A!.shape.length === 2 && B!.shape.length === 2 && (A!.shape[0] !== r || B!.shape[1] !== r)) {
+    const { A, B } = byModule.get(module) as Record<"A" | "B", StoredTensor>; // both present, checked above
+    if (A.shape.length === 2 && B.shape.length === 2 && (A.shape[0] !== r || B.shape[1] !== r)) {
       throw new RangeError(
-        `loadAdapter: the config says r = ${r} but ${module} has lora_A [${A!.shape}] and lora_B [${B!.shape}].`,
+        `loadAdapter: the config says r = ${r} but ${module} has lora_A [${A.shape}] and lora_B [${B.shape}].`,
       );
     }
     const [wantA, wantB] = [[r, base.inFeatures], [base.outFeatures, r]];
-    if (!tf.util.arraysEqual(A!.shape, wantA) || !tf.util.arraysEqual(B!.shape, wantB)) {
+    if (!tf.util.arraysEqual(A.shape, wantA) || !tf.util.arraysEqual(B.shape, wantB)) {
       throw new RangeError(
         `loadAdapter: ${module} is a ${base.inFeatures}→${base.outFeatures} linear layer, so with r = ${r} it ` +
-          `needs lora_A [${wantA}] and lora_B [${wantB}]; the file has [${A!.shape}] and [${B!.shape}].`,
+          `needs lora_A [${wantA}] and lora_B [${wantB}]; the file has [${A.shape}] and [${B.shape}].`,
       );
     }
     if (r > Math.min(base.inFeatures, base.outFeatures)) {
@@ -641,9 +641,9 @@ export function adapterFromFiles(model: LayeredModel, files: AdapterFiles, adapt
       wrappers.set(index, wrapper);
       lora = wrapper.adapters.get(adapterName)!;
     }
-    const { A, B } = byModule.get(module)!;
-    assignFrom(lora.A, transpose2d(A!.data, A!.shape));
-    assignFrom(lora.B, transpose2d(B!.data, B!.shape));
+    const { A, B } = byModule.get(module) as Record<"A" | "B", StoredTensor>;
+    assignFrom(lora.A, transpose2d(A.data, A.shape));
+    assignFrom(lora.B, transpose2d(B.data, B.shape));
   }
   attachWrappers(model, wrappers);
 }
