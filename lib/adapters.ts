@@ -767,6 +767,8 @@ function readScaling(
   return { alpha, convention };
 }
 
+// Helpers ----------------------------------------------------------------------------------------------
+
 /** Module names and indices of the layers an adapter can target: every `Linear`, wrapped or not. */
 function linearModules(model: LayeredModel): [string, number][] {
   return model.layers.flatMap((layer, i) =>
@@ -800,8 +802,6 @@ function quoteAll(names: string[]): string {
 function isNonEmptyObject(value: unknown): boolean {
   return typeof value === "object" && value !== null && Object.keys(value).length > 0;
 }
-
-// Helpers ----------------------------------------------------------------------------------------------
 
 /** Names (as `namedParameters` gives them) of every `Linear` weight in `module`, at any depth. */
 function linearWeightNames(module: Module, prefix = ""): Set<string> {
