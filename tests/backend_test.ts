@@ -76,6 +76,7 @@ Deno.test("webgpu (software Vulkan here) computes what cpu computes: outputs and
     const gpu = await run("webgpu");
     const cpu = await run("cpu");
     // Measured agreement on lavapipe: 2.4e-7 at most; real GPUs may fuse multiply-adds differently.
+    console.log(`webgpu vs cpu: largest difference ${Math.max(...gpu.map((v, i) => Math.abs(v - cpu[i])))}`);
     gpu.forEach((v, i) => assert.ok(Math.abs(v - cpu[i]) < 2e-4, `element ${i}: ${v} vs ${cpu[i]}`));
   } finally {
     await initBackend("wasm");
