@@ -40,9 +40,9 @@ if (args.help) {
   console.log("deno task demo [--epochs 2] [--lora-epochs N] [--backend wasm|cpu|webgpu|tensorflow] [--seed 123]");
   Deno.exit(0);
 }
-const epochs = positiveInteger("--epochs", args.epochs!);
-const loraEpochs = positiveInteger("--lora-epochs", args["lora-epochs"] ?? args.epochs!);
-const seed = nonNegativeInteger("--seed", args.seed!);
+const epochs = integerFlag("--epochs", args.epochs!, 1);
+const loraEpochs = integerFlag("--lora-epochs", args["lora-epochs"] ?? args.epochs!, 1);
+const seed = integerFlag("--seed", args.seed!, 0);
 
 // The tutorial's hyperparameters.
 const [numFeatures, numHidden1, numHidden2, numClasses] = [784, 128, 256, 10];
@@ -128,19 +128,10 @@ async function fit(label: string, net: MultilayerPerceptron, n: number): Promise
   return history;
 }
 
-function positiveInteger(flag: string, text: string): number {
+function integerFlag(flag: string, text: string, least: number): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n <= 0) {
-    console.error(`${flag} expects a positive integer; got "${text}".`);
-    Deno.exit(2);
-  }
-  return n;
-}
-
-function nonNegativeInteger(flag: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 0) {
-    console.error(`${flag} expects a non-negative integer; got "${text}".`);
+  if (!Number.isInteger(n) || n < least) {
+    console.error(`${flag} expects an integer of at least ${least}; got "${text}".`);
     Deno.exit(2);
   }
   return n;

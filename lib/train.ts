@@ -25,10 +25,7 @@ export { Adam, type AdamOptions } from "./optim.ts";
  * ```
  */
 export function adam(learningRate: number): Adam {
-  if (!(learningRate > 0) || !Number.isFinite(learningRate)) {
-    throw new RangeError(`adam: learningRate must be a positive finite number; got ${learningRate}.`);
-  }
-  return new Adam(learningRate, { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 });
+  return new Adam(learningRate); // Adam's defaults are PyTorch's, and it checks the learning rate itself
 }
 
 /**
