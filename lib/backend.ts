@@ -10,6 +10,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
+import { silenceCpuBanner } from "./tfjs_internals.ts";
 
 silenceCpuBanner();
 
@@ -116,16 +117,6 @@ async function loadNodeGpu(): Promise<void> {
         "LORA_BACKEND=webgpu to run on a GPU through WebGPU instead.",
     );
   }
-}
-
-/**
- * tfjs prints a "you are running TensorFlow.js in Node.js" banner the first time the cpu backend stores a
- * tensor, because Deno looks like Node.js to it. The cpu backend is used internally even when wasm is
- * selected, so mark it as already greeted.
- */
-function silenceCpuBanner(): void {
-  const cpu = tf.findBackend("cpu") as unknown as { firstUse?: boolean } | null;
-  if (cpu !== null && "firstUse" in cpu) cpu.firstUse = false;
 }
 
 function readEnv(key: string): string | undefined {

@@ -5,11 +5,12 @@
  * (`transposeA`/`transposeB`), which the wasm backend runs about 15× slower than a plain product; an explicit
  * `tf.transpose` followed by a plain product is much faster. Second, work saved: PyTorch knows from
  * `requires_grad` which gradients nobody needs, tfjs computes every gradient a custom op returns. So the
- * caller says which operands need one, and a frozen weight or the raw input costs no backward product.
+ * product asks which operands can need one, and a frozen weight or the raw input costs no backward product.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { requiresGrad } from "./tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
 type Grad = { value: tf.Tensor2D; gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => tf.Tensor[] };
@@ -70,22 +71,40 @@ const scalarGrad = tf.customGrad as unknown as (
 ) => (z: tf.Tensor2D) => tf.Scalar;
 
 /**
- * Computes `a·b` for 2-D tensors, with a backward pass that only computes the requested gradients.
+ * `x·w` over the last axis of `x`: `[..., k]` times `[k, n]` gives `[..., n]`, with a backward pass that
+ * computes only the gradients that can be needed.
  *
- * `gradA`/`gradB` say whether `a`/`b` need a gradient: pass `false` for a frozen weight or for data that is
- * not a function of any trainable variable. With both `false` this is a plain `tf.matMul`.
+ * Which ones is decided as PyTorch decides from `requires_grad` (see `requiresGrad` in
+ * `tfjs_internals.ts`): a frozen weight gets none, and neither does raw input data, so the first layer of a
+ * network and every frozen layer skip a backward product each. When neither operand needs a gradient this
+ * is a plain `tf.matMul`.
  *
  * @example
  * ```ts
  * import * as tf from "@tensorflow/tfjs";
  * import { matMul } from "./ops.ts";
- * const x = tf.ones([2, 3]) as tf.Tensor2D;
+ * const x = tf.ones([2, 5, 3]);
  * const w = tf.variable(tf.ones([3, 4])) as tf.Variable<tf.Rank.R2>;
- * const { grads } = tf.variableGrads(() => matMul(x, w, false, true).sum(), [w]);
+ * console.log(matMul(x, w).shape); // [2, 5, 4]
+ * const { grads } = tf.variableGrads(() => matMul(x, w).sum(), [w]);
  * console.log(grads[w.name].shape); // [3, 4]
  * ```
  */
-export function matMul(a: tf.Tensor2D, b: tf.Tensor2D, gradA: boolean, gradB: boolean): tf.Tensor2D {
+export function matMul<T extends tf.Tensor>(x: T, w: tf.Tensor2D): T {
+  if (x.rank < 2 || w.rank !== 2 || x.shape[x.rank - 1] !== w.shape[0]) {
+    throw new RangeError(
+      `matMul: expected x [..., k] and w [k, n] with the same k; got [${x.shape}] and [${w.shape}].`,
+    );
+  }
+  const [gradX, gradW] = [requiresGrad(x), requiresGrad(w)];
+  if (x.rank === 2) return product(x as unknown as tf.Tensor2D, w, gradX, gradW) as unknown as T;
+  return tf.tidy(() => {
+    const flat = tf.reshape(x, [-1, w.shape[0]]) as tf.Tensor2D;
+    return tf.reshape(product(flat, w, gradX, gradW), [...x.shape.slice(0, -1), w.shape[1]]) as T;
+  });
+}
+
+function product(a: tf.Tensor2D, b: tf.Tensor2D, gradA: boolean, gradB: boolean): tf.Tensor2D {
   if (gradA && gradB) return bothGrads(a, b);
   // Each single-gradient form takes only the differentiated operand as its input, so the tape never asks for
   // the other one; the constant operand is saved for the backward pass alongside it.

@@ -10,6 +10,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { type HostMemory, hostMemory } from "./tfjs_internals.ts";
 
 /** A tensor with a name, as tfjs optimizers exchange their state. */
 type NamedTensor = { name: string; tensor: tf.Tensor };
@@ -230,33 +231,4 @@ export class Adam extends tf.Optimizer {
     variable.assign(p);
     p.dispose();
   }
-}
-
-/** Direct access to the float32 buffers of a backend that keeps them in JavaScript-visible memory. */
-interface HostMemory {
-  view(t: tf.Tensor): Float32Array;
-}
-
-interface WasmBackend {
-  typedArrayFromHeap(info: { shape: number[]; dtype: string; dataId: object }): Float32Array;
-}
-interface CpuBackend {
-  data: { get(dataId: object): { values: Float32Array } };
-}
-
-/** The wasm backend's heap or the cpu backend's arrays, or `null` for backends that keep data elsewhere. */
-function hostMemory(): HostMemory | null {
-  const name = tf.getBackend();
-  if (name === "wasm") {
-    const backend = tf.backend() as unknown as WasmBackend;
-    return {
-      // A fresh view each time: the heap's ArrayBuffer is replaced whenever wasm memory grows.
-      view: (t) => backend.typedArrayFromHeap(t),
-    };
-  }
-  if (name === "cpu") {
-    const backend = tf.backend() as unknown as CpuBackend;
-    return { view: (t) => backend.data.get(t.dataId).values };
-  }
-  return null;
 }

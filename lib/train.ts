@@ -4,11 +4,11 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { Module } from "./layers.ts";
-import { trainableVariables } from "./model.ts";
+import { type Module, trainableVariables } from "./module.ts";
 import type { Batch, DataLoader } from "./mnist.ts";
 import { Adam } from "./optim.ts";
 import { softmaxCrossEntropy } from "./ops.ts";
+import { releaseAbandonedTape } from "./tfjs_internals.ts";
 
 export { Adam, type AdamOptions } from "./optim.ts";
 
@@ -101,7 +101,7 @@ export interface TrainHistory {
  * @example
  * ```ts
  * import { adam, train } from "./train.ts";
- * import { MultilayerPerceptron } from "./model.ts";
+ * import { MultilayerPerceptron } from "./mlp.ts";
  * import { DataLoader, loadMnist } from "./mnist.ts";
  * const { train: data } = await loadMnist({ limit: 640 });
  * const model = new MultilayerPerceptron(784, 128, 256, 10, { seed: 123 });
@@ -182,7 +182,8 @@ export async function train(
  * @example
  * ```ts
  * import { adam, trainStep } from "./train.ts";
- * import { MultilayerPerceptron, trainableVariables } from "./model.ts";
+ * import { MultilayerPerceptron } from "./mlp.ts";
+ * import { trainableVariables } from "./module.ts";
  * const model = new MultilayerPerceptron(4, 3, 3, 2);
  * const optimizer = adam(0.01);
  * const batch = { features: new Float32Array(8), labels: new Int32Array([0, 1]), size: 2 };
@@ -202,7 +203,7 @@ export function trainStep(
   try {
     return optimizer.minimize(
       () => {
-        const logits = model.apply(x);
+        const logits = model.apply(x) as tf.Tensor2D;
         return crossEntropy(logits, oneHot(batch.labels, logits.shape[1]));
       },
       true,
@@ -217,24 +218,13 @@ export function trainStep(
 }
 
 /**
- * An error inside the forward pass (a bad label, say) abandons tfjs's gradient tape, and with it the tensors
- * the tape kept for the backward pass, which tfjs never frees; this frees them, so a caught error leaks nothing.
- */
-function releaseAbandonedTape(): void {
-  const { state } = tf.engine();
-  if (state.gradientDepth !== 0 || state.activeTape == null) return; // inside an outer gradient: not ours
-  for (const node of state.activeTape) tf.dispose(node.saved ?? []);
-  state.activeTape = null as unknown as typeof state.activeTape;
-}
-
-/**
  * Percentage of examples whose highest logit is the true label: the tutorial's `compute_accuracy`. It is async
  * because GPU backends (webgpu) can only read results back asynchronously.
  *
  * @example
  * ```ts
  * import { computeAccuracy } from "./train.ts";
- * import { MultilayerPerceptron } from "./model.ts";
+ * import { MultilayerPerceptron } from "./mlp.ts";
  * import { DataLoader, loadMnist } from "./mnist.ts";
  * const { test } = await loadMnist({ limit: 100 });
  * const model = new MultilayerPerceptron(784, 128, 256, 10);

@@ -1,5 +1,5 @@
 /**
- * The assertions every test uses, in one place. The user asked for `jsr:@std/assert`, but JSR cannot be
+ * The assertions every test uses, in one place. The design named `jsr:@std/assert`, but JSR cannot be
  * reached from these machines (see README); Deno's built-in `node:assert/strict` provides the same checks,
  * and the few numeric helpers tests need are added here.
  *

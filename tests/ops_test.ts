@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs";
-import { crossEntropy, initBackend, softmaxCrossEntropy } from "../lib/mod.ts";
-import { assert, assertClose, assertNoLeak, assertThrows } from "./assert.ts";
+import { crossEntropy, initBackend, matMul, softmaxCrossEntropy } from "../lib/mod.ts";
+import { assert, assertClose, assertEquals, assertNoLeak, assertThrows } from "./assert.ts";
 
 await initBackend();
 
@@ -60,4 +60,55 @@ Deno.test("softmaxCrossEntropy rejects mismatched shapes, naming both", () => {
   const targets = tf.zeros([4, 9]) as tf.Tensor2D;
   assertThrows(() => softmaxCrossEntropy(logits, targets), RangeError, /\[batch, classes\]; got \[4,10\] and \[4,9\]/);
   tf.dispose([logits, targets]);
+});
+
+Deno.test("matMul's hand-written gradients equal tfjs's own, for every combination of trainable operands", () => {
+  const a = tf.variable(tf.randomNormal([5, 7], 0, 1, "float32", 13)) as tf.Variable<tf.Rank.R2>;
+  const b = tf.variable(tf.randomNormal([7, 3], 0, 1, "float32", 14)) as tf.Variable<tf.Rank.R2>;
+  const loss = (f: () => tf.Tensor) => () => tf.sum(tf.square(f())) as tf.Scalar;
+  const reference = tf.variableGrads(loss(() => tf.matMul(a, b)), [a, b]);
+  for (const [trainA, trainB] of [[true, true], [true, false], [false, true]]) {
+    a.trainable = trainA;
+    b.trainable = trainB;
+    const vars = [trainA ? a : null, trainB ? b : null].filter((v) => v !== null);
+    const ours = tf.variableGrads(loss(() => matMul(a, b)), vars);
+    for (const v of vars) assertClose(ours.grads[v.name], reference.grads[v.name], 1e-4, `d/d${v.name}`);
+    tf.dispose(ours);
+  }
+  tf.dispose(reference);
+  tf.dispose([a, b]);
+});
+
+Deno.test("matMul skips the gradients of raw input and of frozen weights: fewer products in the backward pass", async () => {
+  const x = tf.randomNormal([8, 6], 0, 1, "float32", 15) as tf.Tensor2D;
+  const w = tf.variable(tf.randomNormal([6, 4], 0, 1, "float32", 16)) as tf.Variable<tf.Rank.R2>;
+  const v = tf.variable(tf.randomNormal([4, 3], 0, 1, "float32", 17)) as tf.Variable<tf.Rank.R2>;
+  /** Matrix products run by one forward and backward pass of `f` with respect to the trainable variables. */
+  const products = async (f: () => tf.Tensor) => {
+    const vars = [w, v].filter((t) => t.trainable);
+    const info = await tf.profile(() => {
+      const { value, grads } = tf.variableGrads(() => tf.sum(f()) as tf.Scalar, vars);
+      tf.dispose([value, ...Object.values(grads)]);
+    });
+    return info.kernels.filter((k) => k.name === "BatchMatMul").length;
+  };
+  // Forward: x·w, then ·v. Backward: dv, the gradient into x·w, and dw, but no dx: tfjs prunes its own
+  // products' gradients that way, and a custom gradient would compute all of its operands' unless told.
+  assertEquals(await products(() => tf.matMul(tf.matMul(x, w), v)), 5);
+  assertEquals(await products(() => matMul(matMul(x, w), v)), 5);
+  // With w frozen, only dv is left to compute.
+  w.trainable = false;
+  assertEquals(await products(() => matMul(matMul(x, w), v)), 3);
+  tf.dispose([x, w, v]);
+});
+
+Deno.test("matMul acts on the last axis and names both shapes when they do not fit", () => {
+  const x = tf.randomNormal([2, 3, 4], 0, 1, "float32", 18);
+  const w = tf.randomNormal([4, 5], 0, 1, "float32", 19) as tf.Tensor2D;
+  const y = matMul(x, w);
+  assertEquals(y.shape, [2, 3, 5]);
+  const expected = tf.reshape(tf.matMul(tf.reshape(x, [6, 4]), w), [2, 3, 5]);
+  assertClose(y, expected, 1e-6, "rank-3 product");
+  assertThrows(() => matMul(x, tf.zeros([5, 5]) as tf.Tensor2D), RangeError, /got \[2,3,4\] and \[5,5\]/);
+  tf.dispose([x, w, y, expected]);
 });

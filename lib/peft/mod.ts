@@ -1,0 +1,49 @@
+/**
+ * What Hugging Face PEFT users expect on top of the tutorial's layers: named adapters on one base model,
+ * targets by name, merging in place, mixed-adapter batches, and adapter files in PEFT's own format.
+ *
+ * - {@link ./layer.ts}: `LinearWithAdapters`, PEFT's LoRA layer with named adapters.
+ * - {@link ./targets.ts}: `target_modules` matching (names, dotted suffixes, regular expressions, `"all-linear"`).
+ * - {@link ./model.ts}: `addLoRA` and the model-wide adapter operations.
+ * - {@link ./files.ts}: `saveAdapter` / `loadAdapter` in PEFT's `adapter_model.safetensors` + `adapter_config.json`.
+ *
+ * @example Two adapters on one base, one of them saved in PEFT's format
+ * ```ts
+ * import { addAdapter, addLoRA, listAdapters, saveAdapter } from "./mod.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8 });
+ * addAdapter(model, "rotated", { rank: 8, alpha: 4, targetModules: ["layers.0", "layers.2"] });
+ * console.log(listAdapters(model)); // ["default", "rotated"]
+ * await saveAdapter(model, "data/example-peft", "rotated");
+ * await Deno.remove("data/example-peft", { recursive: true });
+ * model.dispose();
+ * ```
+ *
+ * @module
+ */
+export { BASE_ADAPTER, LinearWithAdapters, type LinearWithAdaptersOptions } from "./layer.ts";
+export { findTargets, matchesTarget, type TargetModules, type TargetOptions } from "./targets.ts";
+export {
+  type AdapterOptions,
+  addAdapter,
+  addLoRA,
+  type AddLoRAOptions,
+  applyMixedBatch,
+  deleteAdapter,
+  disableAdapters,
+  enableAdapters,
+  listAdapters,
+  loraLayers,
+  mergeAdapter,
+  mergeAndUnload,
+  setAdapter,
+  unmergeAdapter,
+} from "./model.ts";
+export {
+  type AdapterFiles,
+  adapterFromFiles,
+  adapterToFiles,
+  loadAdapter,
+  type LoraConfig,
+  saveAdapter,
+} from "./files.ts";

@@ -1,0 +1,409 @@
+/**
+ * LoRA on a whole model, as PEFT's `LoraModel` does it: adapters added to the layers chosen by name, then
+ * selected, disabled, merged, deleted or mixed row by row, on every layer at once.
+ *
+ * Every function walks the model with `namedModules`, so it works on any model built from `Module`s: the
+ * perceptron (`layers.0`, `layers.2`, …) as well as the GPT (`blocks.0.attn.q_proj`, …). A function that
+ * refuses leaves the model exactly as it was.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { freezeLinearLayers, Linear } from "../layers.ts";
+import { LinearWithLoRA, LinearWithLoRAMerged, type LoRAOptions } from "../lora.ts";
+import { getModule, type Module, namedModules, setModule } from "../module.ts";
+import { BASE_ADAPTER, checkAdapterName, LinearWithAdapters, listNames } from "./layer.ts";
+import { findTargets, type TargetOptions } from "./targets.ts";
+
+/** Options for {@linkcode addLoRA}: rank, alpha, which layers, and how A starts. */
+export interface AddLoRAOptions extends LoRAOptions, TargetOptions {
+  /** Inner dimension of A and B. */
+  rank: number;
+  /** Scale hyperparameter; see `loraScaling`. */
+  alpha: number;
+  /**
+   * Wrap each target in the tutorial's {@linkcode LinearWithLoRAMerged} (`x·(W + ΔW)` on every call) instead
+   * of {@linkcode LinearWithAdapters}. Such a model trains and saves its weights, but has no named adapters.
+   */
+  merged?: boolean;
+}
+
+/**
+ * Wraps the chosen `Linear` layers of `model` in LoRA and freezes every base weight, in one step: PEFT's
+ * `get_peft_model`. The default targets are every `Linear`, as in the tutorial; `targetModules` picks
+ * others by name (see `TargetModules`). The model is changed in place and returned. Each wrapped layer gets
+ * its own seed derived from `seed`, so runs repeat.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA } from "./model.ts";
+ * import { countParameters } from "../module.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8 });
+ * console.log(countParameters(model)); // { total: 142322, trainable: 6248 }
+ * model.dispose();
+ * ```
+ */
+export function addLoRA<M extends Module>(model: M, options: AddLoRAOptions): M {
+  const targets = findTargets(model, options, "addLoRA");
+  for (const name of targets) {
+    const layer = getModule(model, name);
+    if (!(layer instanceof Linear)) {
+      throw new Error(`addLoRA: ${name} already carries LoRA (${layer.constructor.name}); use addAdapter for more.`);
+    }
+  }
+  // Build every wrapper before changing the model, so a bad rank leaves the model as it was.
+  const Wrapper = options.merged ? LinearWithLoRAMerged : LinearWithAdapters;
+  const wrapped: Module[] = [];
+  try {
+    for (const [k, name] of targets.entries()) {
+      const seed = options.seed === undefined ? undefined : options.seed + k;
+      wrapped.push(
+        new Wrapper(getModule(model, name), options.rank, options.alpha, { scaling: options.scaling, seed }),
+      );
+    }
+  } catch (error) {
+    for (const layer of wrapped) (layer as LinearWithAdapters | LinearWithLoRAMerged).lora.dispose();
+    throw error;
+  }
+  targets.forEach((name, k) => setModule(model, name, wrapped[k]));
+  freezeLinearLayers(model);
+  return model;
+}
+
+/**
+ * The layers of `model` that carry named adapters, with their module names.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA, loraLayers } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * console.log(loraLayers(model).map(([name]) => name)); // ["layers.0", "layers.2", "layers.4"]
+ * model.dispose();
+ * ```
+ */
+export function loraLayers(model: Module): [string, LinearWithAdapters][] {
+  return namedModules(model).filter((entry): entry is [string, LinearWithAdapters] =>
+    entry[1] instanceof LinearWithAdapters
+  );
+}
+
+/**
+ * The names of the adapters in `model`, in the order they first appear.
+ *
+ * @example
+ * ```ts
+ * import { addAdapter, addLoRA, listAdapters } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * addAdapter(model, "rotated", { rank: 2, alpha: 2 });
+ * console.log(listAdapters(model)); // ["default", "rotated"]
+ * model.dispose();
+ * ```
+ */
+export function listAdapters(model: Module): string[] {
+  return [...new Set(loraLayers(model).flatMap(([, layer]) => [...layer.adapters.keys()]))];
+}
+
+/** Options for {@linkcode addAdapter}: rank, alpha, scaling convention, seed and target layers. */
+export type AdapterOptions = Omit<AddLoRAOptions, "merged">;
+
+/**
+ * Adds a new adapter called `name` to the chosen layers (default: every linear layer), as PEFT's
+ * `add_adapter` does. A plain `Linear` is wrapped in {@linkcode LinearWithAdapters}; a layer already wrapped
+ * gains one more adapter. Every base weight of the model is frozen, and the new adapter is frozen and
+ * inactive until {@linkcode setAdapter} selects it (unless the model had no adapter yet, when it becomes the
+ * active one). If anything is wrong (a target that is not linear, a name already taken, a bad rank) the model
+ * is left as it was.
+ *
+ * @example
+ * ```ts
+ * import { addAdapter, addLoRA } from "./model.ts";
+ * import { namedParameters } from "../module.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2, targetModules: ["layers.0"] });
+ * addAdapter(model, "inverted", { rank: 1, alpha: 2, targetModules: ["layers.0"] });
+ * console.log(namedParameters(model).map((p) => p.name).slice(2, 6));
+ * // ["layers.0.lora.A", "layers.0.lora.B", "layers.0.lora_inverted.A", "layers.0.lora_inverted.B"]
+ * model.dispose();
+ * ```
+ */
+export function addAdapter<M extends Module>(model: M, name: string, options: AdapterOptions): M {
+  checkAdapterName(name);
+  const targets = findTargets(model, options, "addAdapter");
+  const layers = targets.map((target) => {
+    const layer = getModule(model, target);
+    if (!(layer instanceof Linear || layer instanceof LinearWithAdapters)) {
+      throw new Error(`addAdapter: ${target} is a ${layer.constructor.name}, which holds no named adapters.`);
+    }
+    if (layer instanceof LinearWithAdapters && layer.adapters.has(name)) {
+      throw new Error(`addAdapter: ${target} already has an adapter named "${name}".`);
+    }
+    return layer;
+  });
+  // Build everything first; undo what was built if a step fails, so the model is unchanged.
+  const activeBefore = loraLayers(model)[0]?.[1].activeAdapter;
+  const wrappers = new Map<string, LinearWithAdapters>();
+  const extended: LinearWithAdapters[] = [];
+  try {
+    for (const [k, layer] of layers.entries()) {
+      const lora = { scaling: options.scaling, seed: options.seed === undefined ? undefined : options.seed + k };
+      if (layer instanceof LinearWithAdapters) {
+        layer.addAdapter(name, options.rank, options.alpha, lora);
+        extended.push(layer);
+      } else {
+        const wrapper = new LinearWithAdapters(layer, options.rank, options.alpha, { ...lora, adapterName: name });
+        // As in PEFT, the new adapter stays inactive (and frozen) until setAdapter picks it, unless it is the first.
+        if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
+        wrappers.set(targets[k], wrapper);
+      }
+    }
+  } catch (error) {
+    for (const layer of extended) layer.deleteAdapter(name);
+    for (const wrapper of wrappers.values()) wrapper.lora.dispose();
+    throw error;
+  }
+  attachWrappers(model, wrappers);
+  return model;
+}
+
+/**
+ * Makes `name` the active adapter of every LoRA layer (PEFT's `set_adapter`): `apply` uses it, its A and B
+ * become trainable and every other adapter's are frozen, so training afterwards updates only it. Layers
+ * without an adapter of that name run their base layer alone.
+ *
+ * @example
+ * ```ts
+ * import { addAdapter, addLoRA, setAdapter } from "./model.ts";
+ * import { trainableVariables } from "../module.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * addAdapter(model, "rotated", { rank: 1, alpha: 2 });
+ * setAdapter(model, "rotated");
+ * console.log(trainableVariables(model).length); // 6: A and B of "rotated" in three layers
+ * model.dispose();
+ * ```
+ */
+export function setAdapter(model: Module, name: string): void {
+  requireAdapter(model, name, "setAdapter");
+  refuseMerged(model, "setAdapter");
+  for (const [, layer] of loraLayers(model)) layer.setAdapter(name);
+}
+
+/**
+ * Frees and removes the adapter `name` from every layer (PEFT's `delete_adapter`). A layer left with no
+ * adapter goes back to its plain `Linear`. Refused while any adapter is merged.
+ *
+ * @example
+ * ```ts
+ * import { addAdapter, addLoRA, deleteAdapter, listAdapters, loraLayers } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * addAdapter(model, "rotated", { rank: 1, alpha: 2 });
+ * deleteAdapter(model, "default");
+ * console.log(listAdapters(model), loraLayers(model)[0][1].activeAdapter); // ["rotated"] rotated
+ * model.dispose();
+ * ```
+ */
+export function deleteAdapter(model: Module, name: string): void {
+  requireAdapter(model, name, "deleteAdapter");
+  refuseMerged(model, "deleteAdapter");
+  for (const [module, layer] of loraLayers(model)) {
+    if (!layer.adapters.has(name)) continue;
+    if (layer.adapters.size > 1) {
+      layer.deleteAdapter(name);
+    } else {
+      layer.adapters.get(name)!.dispose();
+      setModule(model, module, layer.linear);
+    }
+  }
+}
+
+/**
+ * Makes every LoRA layer run its base layer alone, until {@linkcode enableAdapters} (PEFT's
+ * `disable_adapters`): the base model's outputs, with no copy of its weights. Refused while merged.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA, disableAdapters, enableAdapters } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * disableAdapters(model);
+ * enableAdapters(model);
+ * model.dispose();
+ * ```
+ */
+export function disableAdapters(model: Module): void {
+  refuseMerged(model, "disableAdapters");
+  for (const [, layer] of loraLayers(model)) layer.disableAdapters();
+}
+
+/**
+ * Undoes {@linkcode disableAdapters}.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA, disableAdapters, enableAdapters, loraLayers } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * disableAdapters(model);
+ * enableAdapters(model);
+ * console.log(loraLayers(model)[0][1].adaptersDisabled); // false
+ * model.dispose();
+ * ```
+ */
+export function enableAdapters(model: Module): void {
+  for (const [, layer] of loraLayers(model)) layer.enableAdapters();
+}
+
+/**
+ * Folds adapter `name` (default: each layer's active one) into the base weights of every layer that has it
+ * (PEFT's `merge_adapter`), so inference costs one product per layer. Refused, with nothing changed, if
+ * the adapter is already merged anywhere, adapters are disabled, or no layer has it.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA, mergeAdapter, unmergeAdapter } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * mergeAdapter(model);
+ * unmergeAdapter(model);
+ * model.dispose();
+ * ```
+ */
+export function mergeAdapter(model: Module, name?: string): void {
+  const layers = loraLayers(model).filter(([, layer]) => layer.adapters.has(name ?? layer.activeAdapter));
+  if (layers.length === 0) {
+    throw new Error(`mergeAdapter: no layer has adapter ${name === undefined ? "to merge" : `"${name}"`}.`);
+  }
+  for (const [module, layer] of layers) {
+    const which = name ?? layer.activeAdapter;
+    if (layer.mergedAdapters.includes(which)) {
+      throw new Error(`mergeAdapter: adapter "${which}" of ${module} is already merged; call unmergeAdapter first.`);
+    }
+    if (layer.adaptersDisabled) throw new Error("mergeAdapter: adapters are disabled; call enableAdapters first.");
+  }
+  for (const [, layer] of layers) layer.merge(name ?? layer.activeAdapter);
+}
+
+/**
+ * Takes every merged adapter out of the base weights again (PEFT's `unmerge_adapter`); the weights return
+ * to their values before merging up to float32 rounding. Refused if nothing is merged.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA, mergeAdapter, unmergeAdapter } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * mergeAdapter(model);
+ * unmergeAdapter(model);
+ * model.dispose();
+ * ```
+ */
+export function unmergeAdapter(model: Module): void {
+  const merged = loraLayers(model).filter(([, layer]) => layer.merged);
+  if (merged.length === 0) throw new Error("unmergeAdapter: no adapter is merged; nothing to unmerge.");
+  for (const [, layer] of merged) layer.unmerge();
+}
+
+/**
+ * Folds each LoRA layer's update into its base weight and puts the plain `Linear` back, freeing the adapters:
+ * PEFT's `merge_and_unload`. For {@linkcode LinearWithAdapters} the update is the active adapter's (or what is
+ * already merged); the tutorial's {@linkcode LinearWithLoRA} and {@linkcode LinearWithLoRAMerged} fold their
+ * one update. What is left is a model of plain layers that computes what the adapted model computed, up to
+ * float32 rounding. Refused, with nothing changed, while adapters are disabled.
+ *
+ * @example
+ * ```ts
+ * import { addLoRA, mergeAndUnload } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = mergeAndUnload(addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 }));
+ * console.log(model.layers[0].constructor.name); // Linear
+ * model.dispose();
+ * ```
+ */
+export function mergeAndUnload<M extends Module>(model: M): M {
+  if (loraLayers(model).some(([, layer]) => layer.adaptersDisabled)) {
+    throw new Error("mergeAndUnload: adapters are disabled; call enableAdapters first.");
+  }
+  for (const [name, layer] of namedModules(model)) {
+    if (layer instanceof LinearWithAdapters) {
+      if (!layer.merged && layer.adapters.has(layer.activeAdapter)) layer.merge();
+      for (const lora of layer.adapters.values()) lora.dispose();
+      setModule(model, name, layer.linear);
+    } else if (layer instanceof LinearWithLoRA || layer instanceof LinearWithLoRAMerged) {
+      const { linear, lora } = layer;
+      tf.tidy(() => linear.weight.assign(tf.add(linear.weight, lora.deltaWeight())));
+      lora.dispose();
+      setModule(model, name, linear);
+    }
+  }
+  return model;
+}
+
+/**
+ * Runs `model` on a batch in which row `i` (the first axis of `x`) uses adapter `adapterNames[i]`, or
+ * {@linkcode BASE_ADAPTER} (`"__base__"`) for the base model alone: PEFT's `model(x, adapter_names=…)`. Each
+ * LoRA layer runs one base product for the whole batch plus, per adapter, a low-rank product on that
+ * adapter's rows, so many customers' requests share one pass through the base model. Every name must belong
+ * to the model; nothing may be merged.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { addAdapter, addLoRA, applyMixedBatch } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
+ * addAdapter(model, "rotated", { rank: 1, alpha: 2 });
+ * const logits = applyMixedBatch(model, tf.ones([3, 4]), ["default", "rotated", "__base__"]);
+ * console.log(logits.shape); // [3, 2]
+ * model.dispose();
+ * ```
+ */
+export function applyMixedBatch<T extends tf.Tensor, R extends tf.Tensor>(
+  model: Module & { apply(x: T): R },
+  x: T,
+  adapterNames: readonly string[],
+): R {
+  const known = new Set(listAdapters(model));
+  const unknown = [...new Set(adapterNames)].filter((name) => name !== BASE_ADAPTER && !known.has(name));
+  if (unknown.length > 0) {
+    throw new Error(
+      `applyMixedBatch: unknown adapters ${listNames(unknown)}; the model has ${listNames(known)} ` +
+        `(and "${BASE_ADAPTER}" for none).`,
+    );
+  }
+  refuseMerged(model, "applyMixedBatch");
+  if (x.rank < 1 || adapterNames.length !== x.shape[0]) {
+    throw new RangeError(
+      `applyMixedBatch: got ${adapterNames.length} adapter names for input of shape [${x.shape}]; ` +
+        "expected one name per row (the first axis).",
+    );
+  }
+  const layers = loraLayers(model).map(([, layer]) => layer);
+  const run = (i: number): R =>
+    i === layers.length ? model.apply(x) as R : layers[i].withRowAdapters(adapterNames, () => run(i + 1));
+  return tf.tidy(() => run(0));
+}
+
+/** Puts the new wrappers in place and freezes every base weight of the model, as `addLoRA` and PEFT do. */
+export function attachWrappers(model: Module, wrappers: Map<string, LinearWithAdapters>): void {
+  for (const [name, wrapper] of wrappers) setModule(model, name, wrapper);
+  freezeLinearLayers(model);
+}
+
+/** Throws, naming the adapters the model has, unless some layer of `model` has adapter `name`. */
+export function requireAdapter(model: Module, name: string, caller: string): void {
+  const names = listAdapters(model);
+  if (!names.includes(name)) {
+    throw new Error(`${caller}: the model has no adapter "${name}"; it has ${listNames(names)}.`);
+  }
+}
+
+/** Throws for `caller` while any adapter of `model` is folded into its base weight. */
+export function refuseMerged(model: Module, caller: string): void {
+  if (loraLayers(model).some(([, layer]) => layer.merged)) {
+    throw new Error(`${caller}: a LoRA layer is merged into its base weight; call unmerge() first.`);
+  }
+}
