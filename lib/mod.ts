@@ -10,6 +10,7 @@
  * - {@link ./train.ts}: `train`, `computeAccuracy`, Adam, cross-entropy.
  * - {@link ./peft/mod.ts}: named adapters, targets by name, merging, mixed batches, PEFT's adapter files.
  * - {@link ./weights.ts} and {@link ./safetensors.ts}: a model's weights as a safetensors file.
+ * - {@link ./linalg.ts}: the SVD (Jacobi) and Eckart–Young's best rank-r approximation.
  * - {@link ./backend.ts}: `initBackend` picks wasm, cpu, webgpu or the CUDA backend.
  * - {@link ./ops.ts}, {@link ./optim.ts}: the matrix product and Adam, written for speed;
  *   {@link ./tfjs_internals.ts}: the few places that reach into TensorFlow.js's internals.
@@ -48,6 +49,7 @@ export {
   type ScalingConvention,
 } from "./lora.ts";
 export { MultilayerPerceptron } from "./mlp.ts";
+export { bestRankR, formatMatrix, frobenius, subtract, type Svd, svd, toMatrix, transpose } from "./linalg.ts";
 export {
   type Batch,
   DataLoader,
