@@ -8,7 +8,7 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
+import type * as tf from "@tensorflow/tfjs";
 
 /** `A = U · diag(s) · Vᵀ` with orthonormal columns in `u` (m×k) and `v` (n×k), `s` descending, k = min(m, n). */
 export interface Svd {

@@ -1,18 +1,19 @@
 /**
  * The notebooks in `notebooks/`: their code type-checks, they are committed with clean outputs, their helper
- * modules work, and they run top to bottom in the real Deno Jupyter kernel without losing output.
+ * modules work, they run top to bottom in the real Deno Jupyter kernel without losing output, and every figure
+ * carries a PNG and is drawn when the notebook is opened untrusted (notebooks/support/frontend_check.ts).
  *
  *     deno test --allow-read --allow-run --allow-env tests/notebooks_test.ts
  *
  * The kernel run needs Debian's jupyter-client, python3-nbclient and python3-nbformat under /usr/bin/python3
  * and the Deno kernelspec (`deno jupyter --install`). Where they are missing that test is skipped with a
- * message — except when `CI` is set, where it fails instead.
+ * message — except when `CI` is set, where it fails instead. The same holds for the front-end check, which
+ * needs Debian's jupyter-notebook and chromium.
  *
  * @module
  */
 import assert from "node:assert/strict";
-import { bestRankR, frobenius, subtract, svd, transpose } from "../notebooks/support/linalg.ts";
-import { lineChart } from "../notebooks/support/plot.ts";
+import { lineChart, PNG_SCALE, rasterize } from "../notebooks/support/plot.ts";
 import { formatProgress } from "../notebooks/support/progress.ts";
 import { extractDeclaration, readLib, selectMembers } from "../notebooks/support/source.ts";
 import { table } from "../notebooks/support/table.ts";
@@ -147,21 +148,6 @@ Deno.test("notebooks: cells become one module, with relative imports made absolu
   assert.deepEqual(origins[line], { notebook: "00_x.ipynb", cell: 3, line: 1 });
 });
 
-Deno.test("notebooks/support/linalg: SVD reconstructs, and truncation meets the Eckart–Young bound", () => {
-  let state = 7;
-  const random = () => ((state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) - 0.5;
-  const a = Array.from({ length: 7 }, () => Array.from({ length: 5 }, random));
-  for (const m of [a, transpose(a)]) {
-    const d = svd(m);
-    assert.deepEqual([...d.s].sort((x, y) => y - x), d.s);
-    assert.ok(frobenius(subtract(m, bestRankR(m, 5, d))) < 1e-12);
-    for (let r = 0; r <= 5; r++) {
-      const tail = Math.sqrt(d.s.slice(r).reduce((s, x) => s + x * x, 0));
-      assert.ok(Math.abs(frobenius(subtract(m, bestRankR(m, r, d))) - tail) < 1e-12, `rank ${r}`);
-    }
-  }
-});
-
 Deno.test("notebooks/support/source: extracts tested declarations and members from lib/", async () => {
   const layers = await readLib("layers.ts");
   const lora = extractDeclaration(layers, "LoRALayer");
@@ -176,17 +162,90 @@ Deno.test("notebooks/support/source: extracts tested declarations and members fr
   assert.throws(() => extractDeclaration(layers, "NoSuchThing"), /no exported declaration named NoSuchThing/);
 });
 
-Deno.test("notebooks/support: plots are bare SVG, tables and progress lines are plain text too", () => {
+Deno.test("notebooks/support: plots are bare SVG with a PNG, tables and progress lines are plain text too", async () => {
   const figure = lineChart({ series: [{ name: "a", points: [[1, 1], [2, 2]] }], x: "x", y: "y", title: "t" });
   assert.match(figure.svg, /^<svg[^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
   assert.match(figure.svg, /<\/svg>$/);
-  const bundle = figure.mediaBundle();
-  assert.equal(bundle["text/html"], figure.svg);
+  const bundle = await figure.mediaBundle();
+  assert.deepEqual(Object.keys(bundle).sort(), ["image/png", "image/svg+xml", "text/html", "text/plain"]);
   assert.equal(bundle["image/svg+xml"], figure.svg);
-  assert.equal(table(["k", "v"], [["a", 1]]).text, "k  v\n-  -\na  1");
+  assert.equal(htmlImageSvg(bundle["text/html"]), figure.svg);
+  assert.deepEqual(pngSize(bundle["image/png"]), { width: 640 * PNG_SCALE, height: 320 * PNG_SCALE });
+  const t = table(["k", "v"], [["a", 1]]);
+  assert.equal(t.text, "k  v\n-  -\na  1");
+  assert.ok(
+    !t.html.includes("style="),
+    `a table's HTML must hold no inline style (untrusted Jupyter mangles it):\n${t.html}`,
+  );
   const line = formatProgress({ epoch: 1, epochs: 10, batch: 938, batches: 938, loss: 0.5, seconds: 2 });
   assert.equal(line, "epoch  2/10 ████████████████████ batch 938/938  loss 0.5000  2.0 s");
 });
+
+Deno.test("notebooks/support/plot: the rasteriser draws text in the bundled font at the asked scale", async () => {
+  const svg = (body: string, family = "sans-serif") =>
+    `<svg xmlns="http://www.w3.org/2000/svg" width="120" height="30" font-family="${family}">${body}</svg>`;
+  const blank = await rasterize(svg(""), 2);
+  assert.deepEqual(pngSize(blank), { width: 240, height: 60 });
+  assert.deepEqual(pngSize(await rasterize(svg(""), 3)), { width: 360, height: 90 });
+  // resvg draws nothing for text whose font it cannot find: text that changes the PNG had a font. Any family,
+  // generic or unknown, must resolve to the bundled one, and the result must not depend on the machine.
+  const text = '<text x="4" y="20" font-size="14">loss 0.25 × 10³</text>';
+  const drawn = await rasterize(svg(text), 2);
+  assert.notDeepEqual(drawn, blank, "the text left the PNG blank: no font was found");
+  for (const family of ["DejaVu Sans", "system-ui, sans-serif", "NoSuchFont"]) {
+    assert.deepEqual(await rasterize(svg(text, family), 2), drawn, `font-family ${family}`);
+  }
+  await assert.rejects(rasterize(svg(""), 0), /scale must be a positive number, got 0/);
+  await assert.rejects(rasterize("<svg", 2), /cannot rasterise the figure, resvg rejected its SVG/);
+});
+
+Deno.test("notebooks: every committed figure carries a PNG of its SVG at PNG_SCALE times its size", () => {
+  let figures = 0;
+  for (const name of notebookNames()) {
+    readNotebook(name).cells.forEach((cell, i) => {
+      (cell.outputs ?? []).forEach((output, j) => {
+        const data = output.data ?? {};
+        const plain = joined(data["text/plain"]);
+        if (!("image/svg+xml" in data || "image/png" in data || plain.startsWith("[figure: "))) return;
+        figures++;
+        const where = `${name}, cell ${i + 1}, output ${j + 1} (${plain})`;
+        assert.ok("image/svg+xml" in data, `${where}: a figure without image/svg+xml`);
+        assert.ok(
+          "image/png" in data,
+          `${where}: a figure without image/png: re-run the notebook (deno task notebooks)`,
+        );
+        const svg = joined(data["image/svg+xml"]);
+        const size = (attribute: string) => Number(new RegExp(`^<svg\\b[^>]*\\s${attribute}="([^"]+)"`).exec(svg)?.[1]);
+        const expected = { width: size("width") * PNG_SCALE, height: size("height") * PNG_SCALE };
+        assert.ok(expected.width > 0 && expected.height > 0, `${where}: no width and height on the <svg>`);
+        assert.deepEqual(pngSize(joined(data["image/png"])), expected, `${where}: PNG size`);
+        if ("text/html" in data) assert.equal(htmlImageSvg(joined(data["text/html"])), svg, `${where}: text/html`);
+      });
+    });
+  }
+  assert.ok(figures > 0, "no figure found in the committed notebooks");
+});
+
+/** A notebook's multi-line string (a string or a list of lines) as one string. */
+function joined(value: unknown): string {
+  return Array.isArray(value) ? value.join("") : String(value ?? "");
+}
+
+/** Width and height from a PNG's IHDR chunk; the PNG as base64 text (as notebooks store it) or as bytes. */
+function pngSize(png: string | Uint8Array): { width: number; height: number } {
+  const bytes = typeof png === "string" ? Uint8Array.from(atob(png.replace(/\s/g, "")), (c) => c.charCodeAt(0)) : png;
+  assert.deepEqual([...bytes.subarray(0, 8)], [137, 80, 78, 71, 13, 10, 26, 10], "not a PNG: wrong signature");
+  assert.equal(new TextDecoder().decode(bytes.subarray(12, 16)), "IHDR", "not a PNG: the first chunk is not IHDR");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return { width: view.getUint32(16), height: view.getUint32(20) };
+}
+
+/** The SVG inside a figure's `text/html`, which must be one `<img>` with a base64 `data:image/svg+xml` source. */
+function htmlImageSvg(html: string): string {
+  const match = /^<img src="data:image\/svg\+xml;base64,([A-Za-z0-9+/=]+)"[^<>]*>$/.exec(html);
+  assert.ok(match, `a figure's text/html should be one <img> of its SVG, got: ${html.slice(0, 120)}`);
+  return new TextDecoder().decode(Uint8Array.from(atob(match[1]), (c) => c.charCodeAt(0)));
+}
 
 /** Whether the Jupyter packages and the Deno kernelspec are there; if not, why. */
 function jupyterStatus(): { ok: boolean; why: string } {
@@ -226,5 +285,43 @@ Deno.test({
       const committed = readNotebook(name).cells.reduce((n, c) => n + (c.outputs?.length ?? 0), 0);
       assert.equal(Number(match[1]), committed, `${name}: ${match[1]} outputs now, ${committed} committed`);
     }
+  },
+});
+
+/** Whether Debian's Jupyter Notebook and Chromium are there for the front-end check; if not, why. */
+function frontEndStatus(): { ok: boolean; why: string } {
+  try {
+    Deno.statSync("/usr/bin/chromium");
+  } catch {
+    return { ok: false, why: "/usr/bin/chromium is missing" };
+  }
+  const { code } = new Deno.Command(PYTHON, { args: ["-c", "import notebook, nbconvert"], stderr: "null" })
+    .outputSync();
+  return { ok: code === 0, why: `${PYTHON} cannot import notebook and nbconvert` };
+}
+
+const frontEnd = jupyter.ok ? frontEndStatus() : jupyter;
+if (!frontEnd.ok && !inCi) {
+  console.warn(
+    `Skipping the front-end check: ${frontEnd.why}. Install the Debian packages jupyter-notebook ` +
+      "jupyter-nbconvert chromium.",
+  );
+}
+
+Deno.test({
+  name: "notebooks: untrusted Jupyter Notebook 6 and nbconvert's HTML draw every committed figure",
+  ignore: !frontEnd.ok && !inCi,
+  fn: async () => {
+    assert.ok(frontEnd.ok, `CI is set but the front-end check cannot run: ${frontEnd.why}`);
+    const { code, text } = await run(Deno.execPath(), [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--allow-run",
+      "--allow-env",
+      "--allow-net=127.0.0.1",
+      "notebooks/support/frontend_check.ts",
+    ]);
+    assert.equal(code, 0, text);
   },
 });
