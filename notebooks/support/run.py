@@ -13,7 +13,7 @@ output messages, and stock nbclient stops listening at idle, so outputs are sile
 keeps reading IOPub for a grace period after idle, routes any message that arrives even later to the cell
 that caused it, and drains the channel once more before the kernel is shut down.
 
-It also: sets NO_COLOR=1 for the kernel; ends every cell's source with a newline (see end_cells_with_newline); removes ANSI escape codes and the absolute path of the repository
+It also: sets NO_COLOR=1 for the kernel; ends every cell's source with a newline (see end_cells_with_newline); gives every figure's PNG its display size (see size_figures); removes ANSI escape codes and the absolute path of the repository
 from outputs; fails, naming the notebook and cell, when a cell throws or when an output still holds an ANSI
 code, an absolute path or a TensorFlow.js banner. Needs Debian's jupyter-client, python3-nbclient and
 python3-nbformat (they live under /usr/bin/python3) and the Deno kernelspec (`deno jupyter --install`).
@@ -134,6 +134,24 @@ def clean_outputs(nb):
     return problems
 
 
+SVG_TAG = re.compile(r"<svg\b[^>]*>")
+SVG_ATTRIBUTE = {name: re.compile(rf'\s{name}="(\d+(?:\.\d+)?)"') for name in ("width", "height")}
+
+
+def size_figures(nb):
+    """A figure's PNG is drawn at twice the SVG's size for sharp text; metadata tells a front end that shows the
+    PNG to display it at the SVG's size (the Deno kernel sends results without metadata)."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            svg = data.get("image/svg+xml", "")
+            tag = SVG_TAG.search("".join(svg) if isinstance(svg, list) else svg) if "image/png" in data else None
+            sizes = [SVG_ATTRIBUTE[name].search(tag.group(0)) for name in ("width", "height")] if tag else []
+            if sizes and all(sizes):
+                width, height = (round(float(m.group(1))) for m in sizes)
+                out.setdefault("metadata", {})["image/png"] = {"width": width, "height": height}
+
+
 def end_cells_with_newline(nb):
     """`deno fmt --check` (on a clean cache) wants every cell's source to end with a newline, while `deno fmt`
     itself does not add one and then caches the file as formatted; Jupyter saves cells without it."""
@@ -180,6 +198,7 @@ def run(path, out_path, timeout):
         return False
     nb.metadata.setdefault("kernelspec", {"display_name": "Deno", "language": "typescript", "name": "deno"})
     end_cells_with_newline(nb)
+    size_figures(nb)
     nbformat.write(nb, out_path)
     code = sum(1 for c in nb.cells if c.cell_type == "code")
     late = f" ({client.late} arrived late and were kept)" if client.late else ""
