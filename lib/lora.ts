@@ -10,6 +10,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { checkDim, Linear, nextSeed } from "./layers.ts";
+import { svd, toMatrix } from "./linalg.ts";
 import { Module } from "./module.ts";
 import { matMul } from "./ops.ts";
 import { tfSeed } from "./tfjs_internals.ts";
@@ -52,12 +53,29 @@ export function loraScaling(alpha: number, rank: number, convention: ScalingConv
   }
 }
 
+/**
+ * How A and B start (PEFT's `init_lora_weights`); see {@linkcode LoRALayer}.
+ *
+ * - `"tutorial"` (the default): A ~ N(0, 1/rank), i.e. standard deviation `1/sqrt(rank)`; B = 0.
+ * - `"kaiming"`: PEFT's default (`init_lora_weights=True`): A uniform in `±1/sqrt(inDim)` (PyTorch's
+ *   `kaiming_uniform_` with `a = sqrt(5)`); B = 0.
+ * - `"gaussian"`: PEFT's `"gaussian"`: A ~ N(0, std = 1/rank) (the standard deviation is `1/rank`, not
+ *   `1/sqrt(rank)`); B = 0.
+ * - `"pissa"`: PiSSA (Meng et al., 2024): A and B from the top `rank` singular triplets of the base weight,
+ *   which is replaced by the residual. It needs the base layer, so only {@linkcode pissaInit} and the
+ *   wrappers that hold a base layer ({@linkcode createLoRALayer}, `LinearWithLoRA`, `LinearWithAdapters`,
+ *   `addLoRA`) accept it.
+ */
+export type LoRAInit = "tutorial" | "kaiming" | "gaussian" | "pissa";
+
 /** Options for new LoRA weights. */
 export interface LoRAOptions {
   /** How `alpha` becomes the output scale; default `"tutorial"`. */
   scaling?: ScalingConvention;
   /** Seed for A's random start, for repeatable runs. */
   seed?: number;
+  /** How A and B start; default `"tutorial"` (see {@linkcode LoRAInit}). */
+  init?: LoRAInit;
 }
 
 /**
@@ -66,9 +84,10 @@ export interface LoRAOptions {
  * A (`[inDim, rank]`) starts random with standard deviation `1/sqrt(rank)`; B (`[rank, outDim]`) starts at
  * zero, so a new layer outputs exactly zero and a model it is added to is unchanged until training moves B.
  * (PEFT and loralib draw A from a Kaiming-uniform distribution instead, whose spread does not depend on the
- * rank; the zero B is what keeps the model unchanged either way. How A starts does change how fast each
- * scaling convention learns at a given rank: notebook 3 measures it.) `scaling` is `alpha` by the tutorial's
- * convention; see {@linkcode loraScaling} for the others.
+ * rank: `init: "kaiming"`, or `"gaussian"` for PEFT's other random start; see {@linkcode LoRAInit}. The zero
+ * B is what keeps the model unchanged either way. How A starts does change how fast each scaling convention
+ * learns at a given rank: notebooks 3 and 10 measure it.) `scaling` is `alpha` by the tutorial's convention;
+ * see {@linkcode loraScaling} for the others.
  *
  * @example
  * ```ts
@@ -77,7 +96,10 @@ export interface LoRAOptions {
  * const lora = new LoRALayer(10, 10, 2, 4);
  * console.log(lora.A.shape, lora.B.shape); // [10, 2] [2, 10]
  * lora.apply(tf.ones([1, 10])).print(); // all zeros: B starts at zero
+ * const peft = new LoRALayer(10, 10, 2, 4, { init: "kaiming", seed: 1 });
+ * console.log(peft.A.abs().max().dataSync()[0] <= 1 / Math.sqrt(10)); // true
  * lora.dispose();
+ * peft.dispose();
  * ```
  */
 export class LoRALayer extends Module {
@@ -91,6 +113,8 @@ export class LoRALayer extends Module {
   readonly alpha: number;
   /** How {@linkcode LoRALayer.scaling} was derived from `alpha` and `rank`. */
   readonly convention: ScalingConvention;
+  /** How A and B started; {@linkcode pissaInit} sets it to `"pissa"`. */
+  init: LoRAInit;
   /** The factor applied to `x·A·B`. */
   readonly scaling: number;
   /** Down-projection, shape `[inDim, rank]`. */
@@ -110,9 +134,9 @@ export class LoRALayer extends Module {
     this.alpha = alpha;
     this.convention = options.scaling ?? "tutorial";
     this.scaling = loraScaling(alpha, rank, this.convention);
-    const std = 1 / Math.sqrt(rank);
+    this.init = options.init ?? "tutorial";
     const seed = tfSeed(options.seed ?? nextSeed());
-    this.A = tf.tidy(() => tf.variable(tf.randomNormal([inDim, rank], 0, std, "float32", seed)));
+    this.A = tf.tidy(() => tf.variable(randomA(this.init, inDim, rank, seed)));
     this.B = tf.tidy(() => tf.variable(tf.zeros([rank, outDim])));
   }
 
@@ -159,11 +183,14 @@ export class LinearWithLoRA extends Module {
   /** The low-rank update. */
   lora: LoRALayer;
 
-  /** Wraps `linear` (which must be a {@linkcode Linear}) with an update of the given rank and alpha. */
+  /**
+   * Wraps `linear` (which must be a {@linkcode Linear}) with an update of the given rank and alpha. With
+   * `init: "pissa"` the base weight becomes the residual (see {@linkcode pissaInit}).
+   */
   constructor(linear: Module, rank: number, alpha: number, options: LoRAOptions = {}) {
     super();
     this.linear = requireLinear("LinearWithLoRA", linear);
-    this.lora = new LoRALayer(this.linear.inFeatures, this.linear.outFeatures, rank, alpha, options);
+    this.lora = createLoRALayer(this.linear, rank, alpha, options);
   }
 
   /** `x·W + b + scaling · x·A·B`. */
@@ -198,7 +225,7 @@ export class LinearWithLoRAMerged extends Module {
   constructor(linear: Module, rank: number, alpha: number, options: LoRAOptions = {}) {
     super();
     this.linear = requireLinear("LinearWithLoRAMerged", linear);
-    this.lora = new LoRALayer(this.linear.inFeatures, this.linear.outFeatures, rank, alpha, options);
+    this.lora = createLoRALayer(this.linear, rank, alpha, options);
   }
 
   /** `x·(W + scaling·A·B) + b`. */
@@ -208,6 +235,122 @@ export class LinearWithLoRAMerged extends Module {
       const y = matMul(x, combined);
       return this.linear.bias === null ? y : tf.add(y, this.linear.bias);
     });
+  }
+}
+
+/**
+ * A {@linkcode LoRALayer} sized for `linear` and started as `options.init` says: the wrappers' way to make
+ * their update, since PiSSA (`init: "pissa"`) needs the base layer and rewrites its weight (see
+ * {@linkcode pissaInit}). Every other start leaves `linear` untouched.
+ *
+ * @example
+ * ```ts
+ * import { Linear } from "./layers.ts";
+ * import { createLoRALayer } from "./lora.ts";
+ * const linear = new Linear(8, 6, { seed: 1 });
+ * const lora = createLoRALayer(linear, 2, 2, { init: "pissa" });
+ * console.log(lora.init, lora.B.abs().sum().dataSync()[0] > 0); // pissa true
+ * linear.dispose();
+ * lora.dispose();
+ * ```
+ */
+export function createLoRALayer(linear: Module, rank: number, alpha: number, options: LoRAOptions = {}): LoRALayer {
+  const base = requireLinear("createLoRALayer", linear);
+  const pissa = options.init === "pissa";
+  const lora = new LoRALayer(base.inFeatures, base.outFeatures, rank, alpha, {
+    ...options,
+    init: pissa ? "tutorial" : options.init, // a placeholder that pissaInit overwrites
+  });
+  if (pissa) {
+    try {
+      pissaInit(base, lora);
+    } catch (error) {
+      lora.dispose();
+      throw error;
+    }
+  }
+  return lora;
+}
+
+/**
+ * PiSSA's start (Meng et al., 2024, "Principal Singular values and Singular vectors Adaptation"; PEFT's
+ * `init_lora_weights="pissa"`): A and B take the top `rank` singular triplets of `linear`'s weight, and the
+ * weight is replaced by the residual `W − scaling·A·B`, so the layer computes what it computed before while
+ * the trainable part starts on the weight's principal directions instead of at zero.
+ *
+ * With `W = U·diag(σ)·Vᵀ` (the float64 Jacobi {@linkcode svd}), A = `U_r·diag(sqrt(σ_r/|s|))` and
+ * B = `sign(s)·diag(sqrt(σ_r/|s|))·V_rᵀ`, so `s·A·B` is the best rank-r part of W whatever the scaling `s`.
+ * (PEFT divides σ by s and takes its square root, which needs s > 0; the sign here makes a negative scaling
+ * work too. A zero scaling is an error.) As in PEFT, the residual is computed in float32 from the float32 A
+ * and B actually stored, so `residual + s·A·B` gives back W up to one float32 rounding of each of the
+ * subtraction and the addition: `|error| ≤ 2⁻²³·(|W| + |s·A·B|)` element by element.
+ *
+ * `linear.weight` is changed in place (as PEFT does): every other adapter on that layer would then see the
+ * residual, so the PEFT layer here accepts PiSSA only as a layer's first adapter. `lora.init` becomes
+ * `"pissa"`, which saved adapter files record (see `saveAdapter`).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { Linear } from "./layers.ts";
+ * import { LoRALayer, pissaInit } from "./lora.ts";
+ * const linear = new Linear(6, 4, { seed: 1 });
+ * const x = tf.ones([1, 6]);
+ * const before = linear.apply(x);
+ * const lora = new LoRALayer(6, 4, 2, 2);
+ * pissaInit(linear, lora);
+ * const after = tf.add(linear.apply(x), lora.apply(x)); // residual + principal part
+ * console.log(tf.max(tf.abs(tf.sub(after, before))).dataSync()[0] < 1e-6); // true
+ * linear.dispose();
+ * lora.dispose();
+ * ```
+ */
+export function pissaInit(linear: Module, lora: LoRALayer): void {
+  const base = requireLinear("pissaInit", linear);
+  if (lora.inDim !== base.inFeatures || lora.outDim !== base.outFeatures) {
+    throw new RangeError(
+      `pissaInit: a ${lora.inDim}→${lora.outDim} LoRA update cannot start from a ` +
+        `${base.inFeatures}→${base.outFeatures} linear layer.`,
+    );
+  }
+  if (lora.scaling === 0 || !Number.isFinite(lora.scaling)) {
+    throw new RangeError(`pissaInit: PiSSA divides the singular values by the scaling; got scaling ${lora.scaling}.`);
+  }
+  const { u, s, v } = svd(toMatrix(base.weight)); // W [in, out] = U·diag(s)·Vᵀ, U [in, k], V [out, k]
+  const r = lora.rank; // at most min(in, out) = k, as LoRALayer checked
+  const root = s.slice(0, r).map((sigma) => Math.sqrt(sigma / Math.abs(lora.scaling)));
+  const sign = Math.sign(lora.scaling);
+  const a = u.map((row) => root.map((rt, k) => row[k] * rt));
+  const b = root.map((rt, k) => v.map((row) => sign * rt * row[k]));
+  tf.tidy(() => {
+    lora.A.assign(tf.tensor2d(a, [lora.inDim, r]));
+    lora.B.assign(tf.tensor2d(b, [r, lora.outDim]));
+    base.weight.assign(tf.sub(base.weight, lora.deltaWeight()));
+  });
+  lora.init = "pissa";
+}
+
+/** A's random start for `init` (B always starts at zero). */
+function randomA(init: LoRAInit, inDim: number, rank: number, seed: number): tf.Tensor2D {
+  switch (init) {
+    case "tutorial":
+      return tf.randomNormal([inDim, rank], 0, 1 / Math.sqrt(rank), "float32", seed);
+    case "kaiming": {
+      // PyTorch's kaiming_uniform_(a=sqrt(5)) on lora_A [rank, in]: fan_in = in, gain sqrt(1/3), bound 1/sqrt(in).
+      const bound = 1 / Math.sqrt(inDim);
+      return tf.randomUniform([inDim, rank], -bound, bound, "float32", seed);
+    }
+    case "gaussian":
+      return tf.randomNormal([inDim, rank], 0, 1 / rank, "float32", seed);
+    case "pissa":
+      throw new RangeError(
+        'LoRALayer: init "pissa" starts A and B from the base weight, which a LoRALayer does not hold; use ' +
+          "createLoRALayer(linear, …), LinearWithLoRA, LinearWithAdapters or addLoRA, or call pissaInit(linear, lora).",
+      );
+    default:
+      throw new RangeError(
+        `Unknown LoRA init "${init}": expected "tutorial", "kaiming", "gaussian" or "pissa".`,
+      );
   }
 }
 

@@ -4,13 +4,18 @@
  *
  * - {@link ./module.ts}: `Module`, the module tree and its one walk (`namedModules`, `getModule`, `setModule`).
  * - {@link ./layers.ts}: `Linear`, `ReLU`, `freezeLinearLayers`.
- * - {@link ./lora.ts}: `LoRALayer`, `LinearWithLoRA`, `LinearWithLoRAMerged`, the scaling conventions.
+ * - {@link ./lora.ts}: `LoRALayer`, `LinearWithLoRA`, `LinearWithLoRAMerged`, the scaling conventions, how A
+ *   and B start (PEFT's random starts and PiSSA).
+ * - {@link ./dora.ts}: DoRA from scratch: `DoRALayer`, `LinearWithDoRA`, `LinearWithDoRAMerged`.
  * - {@link ./mlp.ts}: the tutorial's `MultilayerPerceptron`.
  * - {@link ./mnist.ts}: MNIST from its IDX files, `DataLoader`.
  * - {@link ./train.ts}: `train`, `computeAccuracy`, Adam, cross-entropy.
- * - {@link ./peft/mod.ts}: named adapters, targets by name, merging, mixed batches, PEFT's adapter files.
+ * - {@link ./peft/mod.ts}: named adapters, targets by name, merging, mixed batches, PEFT's adapter files,
+ *   combining adapters.
  * - {@link ./weights.ts} and {@link ./safetensors.ts}: a model's weights as a safetensors file.
  * - {@link ./linalg.ts}: the SVD (Jacobi) and Eckart–Young's best rank-r approximation.
+ * - {@link ./gpt/mod.ts}: a tiny GPT (`GPT`, attention with q/k/v/out projections LoRA can target), its
+ *   training step, `generate` with a key/value cache; {@link ./words.ts}: words and names to train it on.
  * - {@link ./backend.ts}: `initBackend` picks wasm, cpu, webgpu or the CUDA backend.
  * - {@link ./ops.ts}, {@link ./optim.ts}: the matrix product and Adam, written for speed;
  *   {@link ./tfjs_internals.ts}: the few places that reach into TensorFlow.js's internals.
@@ -41,13 +46,25 @@ export {
 } from "./module.ts";
 export { freezeLinearLayers, Linear, type LinearOptions, ReLU } from "./layers.ts";
 export {
+  createLoRALayer,
   LinearWithLoRA,
   LinearWithLoRAMerged,
+  type LoRAInit,
   LoRALayer,
   type LoRAOptions,
   loraScaling,
+  pissaInit,
   type ScalingConvention,
 } from "./lora.ts";
+export {
+  DoRALayer,
+  type DoRAOptions,
+  LinearWithDoRA,
+  LinearWithDoRAMerged,
+  type MagnitudeDirectionChange,
+  magnitudeDirectionChange,
+  type NormAxis,
+} from "./dora.ts";
 export { MultilayerPerceptron } from "./mlp.ts";
 export { bestRankR, formatMatrix, frobenius, subtract, type Svd, svd, toMatrix, transpose } from "./linalg.ts";
 export {
@@ -73,6 +90,7 @@ export {
   train,
   type TrainHistory,
   type TrainOptions,
+  type TrainStep,
   trainStep,
 } from "./train.ts";
 export { matMul, softmaxCrossEntropy } from "./ops.ts";
@@ -81,13 +99,17 @@ export { decodeSafetensors, encodeSafetensors, type TensorData } from "./safeten
 export {
   type AdapterFiles,
   adapterFromFiles,
+  type AdapterLayerOptions,
   type AdapterOptions,
   adapterToFiles,
   addAdapter,
   addLoRA,
   type AddLoRAOptions,
+  addWeightedAdapter,
   applyMixedBatch,
   BASE_ADAPTER,
+  COMBINATION_TYPES,
+  type CombinationType,
   deleteAdapter,
   disableAdapters,
   enableAdapters,
@@ -98,12 +120,57 @@ export {
   loadAdapter,
   type LoraConfig,
   loraLayers,
+  type MajoritySignMethod,
   matchesTarget,
   mergeAdapter,
   mergeAndUnload,
+  type MergeOptions,
+  type MergeRule,
+  mergeTaskTensors,
   saveAdapter,
   setAdapter,
   type TargetModules,
   type TargetOptions,
   unmergeAdapter,
+  type WeightedAdapterOptions,
 } from "./peft/mod.ts";
+export {
+  Block,
+  causalAttention,
+  causalMask,
+  CausalSelfAttention,
+  disposeCache,
+  Embedding,
+  embeddingLookup,
+  evaluateLoss,
+  GELU,
+  gelu,
+  generate,
+  type GenerateOptions,
+  GPT,
+  type GPTConfig,
+  type GPTOptions,
+  type KVCache,
+  type LanguageModel,
+  languageModelStep,
+  LayerNorm,
+  layerNorm,
+  type LossReport,
+  MLP,
+  sampleWords,
+  type SampleWordsOptions,
+  sequenceCrossEntropy,
+} from "./gpt/mod.ts";
+export {
+  CharTokenizer,
+  cmudictDir,
+  firstNamesDir,
+  loadNames,
+  loadWords,
+  splitWords,
+  type TokenBatch,
+  TokenLoader,
+  type TokenLoaderOptions,
+  type Windows,
+  wordWindows,
+} from "./words.ts";

@@ -312,7 +312,12 @@ Deno.test("corrupt or mismatched adapter files: a clear error each, the model ex
       Error,
       /the file has tensors for layers.4, which target_modules "layers\\\\.\[02\]" does not select/,
     ],
-    ["DoRA", withConfig(good, (c) => c.use_dora = true), Error, /uses use_dora, which this library does not/],
+    [
+      "DoRA config without magnitudes",
+      withConfig(good, (c) => c.use_dora = true),
+      Error,
+      /missing key "base_model.model.layers.0.lora_magnitude_vector": the config sets use_dora/,
+    ],
     [
       "scaling in config disagrees with the metadata",
       withConfig(good, (c) => c.lora_alpha = 5),

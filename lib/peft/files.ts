@@ -8,13 +8,14 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { DoRALayer } from "../dora.ts";
 import { Linear } from "../layers.ts";
-import { loraScaling, type ScalingConvention } from "../lora.ts";
+import { type LoRAInit, type LoRALayer, loraScaling, type ScalingConvention } from "../lora.ts";
 import { getModule, type Module } from "../module.ts";
 import { decodeSafetensors, encodeSafetensors, type StoredTensor, type TensorData } from "../safetensors.ts";
 import { assignFrom, transpose2d } from "../weights.ts";
 import { checkAdapterName, LinearWithAdapters, listNames } from "./layer.ts";
-import { attachWrappers, loraLayers, requireAdapter } from "./model.ts";
+import { attachWrappers, keepingWeights, loraLayers, requireAdapter } from "./model.ts";
 import { findTargets, matchesTarget, type TargetModules } from "./targets.ts";
 
 /** The two files PEFT's `save_pretrained` writes for one adapter, as bytes and text. */
@@ -48,6 +49,20 @@ export interface LoraConfig {
 const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
 const ADAPTER_CONFIG_FILE = "adapter_config.json";
 
+/** The key of a DoRA magnitude after the module name, as PEFT writes it (`save_and_load.py`). */
+const MAGNITUDE = "lora_magnitude_vector";
+
+/**
+ * The `init_lora_weights` strings a file may carry: those after which PEFT's loader only overwrites A and B
+ * (`"eva"` fills A from data, but leaves the base alone), and PiSSA, whose residual is recomputed here.
+ */
+const READABLE_INITS = ["gaussian", "eva", "pissa"];
+
+/** PEFT's `init_lora_weights` for a start of this library: its own names, `true` for the other random ones. */
+function peftInit(init: LoRAInit): boolean | string {
+  return init === "gaussian" || init === "pissa" ? init : true;
+}
+
 /** Keys under which this library records its own scaling convention in the safetensors metadata. */
 const CONVENTION_KEY = "lora_scaling_convention";
 const ALPHA_KEY = "lora_alpha_as_given";
@@ -59,8 +74,22 @@ const ALPHA_KEY = "lora_alpha_as_given";
  * shape `[out, r]`: the transposes of this library's A (`[in, r]`) and B (`[r, out]`), because PyTorch
  * stores a linear map as `[out, in]`. The config's `lora_alpha` is chosen so that PEFT computes the same
  * scaling (see {@linkcode LoraConfig}); the safetensors metadata also records this library's convention and
- * alpha, so that loading here restores them exactly. Every layer of the adapter must share rank, alpha
- * and convention, since the config has one of each.
+ * alpha, so that loading here restores them exactly. Every layer of the adapter must share rank, alpha,
+ * convention, DoRA or not, and start (`init`), since the config has one of each.
+ *
+ * A DoRA adapter is written as PEFT writes one (`utils/save_and_load.py`, `get_peft_model_state_dict`, which
+ * drops the `.weight` of PEFT's `lora_magnitude_vector.<adapter>.weight` parameter):
+ * `"use_dora": true` in the config and each layer's magnitude under
+ * `base_model.model.<module>.lora_magnitude_vector`, shape `[out]`. PEFT's magnitude is per output unit, so
+ * an adapter with `normAxis: "input"` cannot be written (an error says so); whether the norm was detached
+ * only matters for training and is not recorded.
+ *
+ * `init_lora_weights` records the start: `"gaussian"` and `"pissa"` as PEFT names them, `true` otherwise.
+ * A PiSSA adapter is saved as PEFT's plain `save_pretrained` saves it: the trained A and B, and
+ * `"init_lora_weights": "pissa"`. Its A and B only make sense on PiSSA's residual base, so
+ * {@linkcode adapterFromFiles} recomputes that residual from the original base weights, as PEFT's loader does.
+ * (PEFT's other option, converting the adapter to a plain LoRA of rank 2r on save with
+ * `path_initial_model_for_weight_conversion`, is not offered.)
  *
  * @example
  * ```ts
@@ -79,12 +108,20 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
   const layers = loraLayers(model).filter(([, layer]) => layer.adapters.has(adapterName));
   const loras = layers.map(([module, layer]) => [module, layer.adapters.get(adapterName)!] as const);
   const [, first] = loras[0];
+  const describe = (lora: LoRALayer) =>
+    `rank ${lora.rank}, alpha ${lora.alpha} (${lora.convention})${lora instanceof DoRALayer ? ", DoRA" : ""}` +
+    (peftInit(lora.init) === true ? "" : `, init_lora_weights ${JSON.stringify(peftInit(lora.init))}`);
   for (const [module, lora] of loras) {
-    if (lora.rank !== first.rank || lora.alpha !== first.alpha || lora.convention !== first.convention) {
+    if (describe(lora) !== describe(first)) {
       throw new Error(
-        `adapterToFiles: adapter "${adapterName}" has rank ${lora.rank}, alpha ${lora.alpha} (${lora.convention}) ` +
-          `in ${module} but rank ${first.rank}, alpha ${first.alpha} (${first.convention}) in ${loras[0][0]}; ` +
-          "PEFT's config holds one of each.",
+        `adapterToFiles: adapter "${adapterName}" has ${describe(lora)} in ${module} but ${describe(first)} in ` +
+          `${loras[0][0]}; PEFT's config holds one of each.`,
+      );
+    }
+    if (lora instanceof DoRALayer && lora.normAxis !== "output") {
+      throw new Error(
+        `adapterToFiles: adapter "${adapterName}" is DoRA with one magnitude per input unit (normAxis "input") in ` +
+          `${module}; PEFT's DoRA files hold one per output unit (lora_magnitude_vector [out]), so it cannot be saved.`,
       );
     }
   }
@@ -92,6 +129,12 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
   for (const [module, lora] of loras) {
     tensors.set(`base_model.model.${module}.lora_A.weight`, transpose2d(await lora.A.data(), lora.A.shape));
     tensors.set(`base_model.model.${module}.lora_B.weight`, transpose2d(await lora.B.data(), lora.B.shape));
+    if (lora instanceof DoRALayer) {
+      tensors.set(`base_model.model.${module}.${MAGNITUDE}`, {
+        shape: lora.m.shape,
+        data: await lora.m.data() as Float32Array,
+      });
+    }
   }
   const { rank, alpha, convention } = first;
   const config: LoraConfig = {
@@ -105,9 +148,11 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
     lora_dropout: 0,
     bias: "none",
     fan_in_fan_out: false,
-    init_lora_weights: true,
+    init_lora_weights: peftInit(first.init),
     inference_mode: true,
     modules_to_save: null,
+    // PEFT writes use_dora always; its loader reads a missing one as false, so plain LoRA files leave it out.
+    ...(first instanceof DoRALayer ? { use_dora: true } : {}),
   };
   const metadata = { format: "pt", [CONVENTION_KEY]: convention, [ALPHA_KEY]: String(alpha) };
   return { safetensors: encodeSafetensors(tensors, metadata), config: JSON.stringify(config, null, 2) + "\n" };
@@ -120,11 +165,17 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  *
  * Everything is checked before the model is touched, and any problem throws an error that names it, with
  * the model left exactly as it was: a malformed safetensors file (see `decodeSafetensors`), a config that
- * is not PEFT LoRA JSON or asks for what this library does not do (DoRA, rank or alpha patterns), keys
- * that are missing, unexpected or name no linear layer, `target_modules` or `r` that disagree with the
- * tensors, shapes that do not fit the layers, or a name already in use. F16 and BF16 tensors become
- * float32. Without this library's metadata (a file PEFT wrote), scaling is PEFT's `lora_alpha / r`: the
- * `"paper"` convention, or `"rslora"` with `use_rslora`.
+ * is not PEFT LoRA JSON or asks for what this library does not do (rank or alpha patterns, starts such as
+ * `"olora"` or `"loftq"` that change the base weight), keys that are missing, unexpected or name no linear
+ * layer, `target_modules` or `r` that disagree with the tensors, shapes that do not fit the layers, or a
+ * name already in use. F16 and BF16 tensors become float32. Without this library's metadata (a file PEFT
+ * wrote), scaling is PEFT's `lora_alpha / r`: the `"paper"` convention, or `"rslora"` with `use_rslora`.
+ *
+ * With `"use_dora": true` each selected module needs its magnitude, `base_model.model.<module>.lora_magnitude_vector`
+ * of shape `[out]` (the key with PEFT's `.weight` suffix is read too, as PEFT's loader does), and the
+ * adapter becomes a DoRA adapter with the norm per output unit, detached. With `"init_lora_weights": "pissa"`
+ * the base weights of the selected layers are first turned into PiSSA's residual (which assumes they are the
+ * original base weights, as PEFT does), then A and B are read; such an adapter must be a layer's first.
  *
  * @example
  * ```ts
@@ -146,16 +197,23 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
   const linear = findTargets(model, {}, "loadAdapter"); // every linear layer, wrapped or not
 
   // Which modules the tensors cover, and does every key name a linear layer of the model?
-  const byModule = new Map<string, { A?: StoredTensor; B?: StoredTensor }>();
+  const byModule = new Map<string, { A?: StoredTensor; B?: StoredTensor; m?: StoredTensor }>();
   for (const [key, tensor] of tensors) {
-    const match = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(key);
+    const match = /^base_model\.model\.(.+)\.(?:lora_([AB])\.weight|lora_magnitude_vector(?:\.weight)?)$/.exec(key);
     if (match === null || !linear.includes(match[1])) {
       throw new Error(
-        `loadAdapter: unexpected key "${key}"; expected base_model.model.<module>.lora_A.weight or ` +
-          `…lora_B.weight with <module> one of ${listNames(linear)}.`,
+        `loadAdapter: unexpected key "${key}"; expected base_model.model.<module>.lora_A.weight, …lora_B.weight` +
+          `${config.use_dora ? " or …lora_magnitude_vector" : ""} with <module> one of ${listNames(linear)}.`,
       );
     }
-    byModule.set(match[1], { ...byModule.get(match[1]), [match[2]]: tensor });
+    const [module, which] = [match[1], match[2] ?? "m"];
+    if (which === "m" && !config.use_dora) {
+      throw new Error(`loadAdapter: unexpected key "${key}": a DoRA magnitude, but the config does not set use_dora.`);
+    }
+    if (which === "m" && byModule.get(module)?.m !== undefined) {
+      throw new Error(`loadAdapter: ${module} has two magnitude keys (with and without ".weight"); expected one.`);
+    }
+    byModule.set(module, { ...byModule.get(module), [which]: tensor });
   }
   const targets = config.target_modules;
   const selected = typeof targets === "string" && targets.toLowerCase() === "all-linear"
@@ -175,6 +233,12 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
             `${JSON.stringify(targets)} selects ${module}.`,
         );
       }
+    }
+    if (config.use_dora && byModule.get(module)?.m === undefined) {
+      throw new Error(
+        `loadAdapter: missing key "base_model.model.${module}.${MAGNITUDE}": the config sets use_dora and ` +
+          `target_modules ${JSON.stringify(targets)} selects ${module}.`,
+      );
     }
   }
   for (const module of byModule.keys()) {
@@ -210,34 +274,69 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
     if (r > Math.min(base.inFeatures, base.outFeatures)) {
       throw new RangeError(`loadAdapter: r = ${r} exceeds min(in, out) of the ${module} layer.`);
     }
+    const m = byModule.get(module)?.m;
+    if (m !== undefined && !tf.util.arraysEqual(m.shape, [base.outFeatures])) {
+      throw new RangeError(
+        `loadAdapter: ${module} has ${base.outFeatures} output units, so its ${MAGNITUDE} must have shape ` +
+          `[${base.outFeatures}]; the file has [${m.shape}].`,
+      );
+    }
     if (layer instanceof LinearWithAdapters && layer.adapters.has(adapterName)) {
       throw new Error(
         `loadAdapter: ${module} already has an adapter named "${adapterName}"; delete it or choose another name.`,
+      );
+    }
+    if (layer instanceof LinearWithAdapters && config.init_lora_weights === "pissa") {
+      throw new Error(
+        `loadAdapter: the adapter was trained from PiSSA's start, which replaces the base weight of ${module} by a ` +
+          "residual; that layer already has adapters, so the file can only be loaded onto a model without them.",
+      );
+    }
+    if (layer instanceof LinearWithAdapters && config.use_dora && layer.merged) {
+      throw new Error(
+        `loadAdapter: ${module} has adapters merged into its base weight, from which a DoRA adapter starts; ` +
+          "call unmergeAdapter first.",
       );
     }
   }
 
   const { alpha, convention } = readScaling(config, metadata);
 
-  // Everything checked: build the adapters, then attach them.
+  // Everything checked: build the adapters, then attach them. (Should a step still fail, what was built is
+  // undone and PiSSA's residuals are put back.)
   const activeBefore = loraLayers(model)[0]?.[1].activeAdapter;
   const wrappers = new Map<string, LinearWithAdapters>();
-  for (const [module, layer] of layers) {
-    const options = { scaling: convention, adapterName };
-    let lora;
-    if (layer instanceof LinearWithAdapters) {
-      lora = layer.addAdapter(adapterName, r, alpha, options);
-    } else {
-      const wrapper = new LinearWithAdapters(layer, r, alpha, options);
-      // Keep the model's current choice of adapter, if it has one, on newly wrapped layers too.
-      if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
-      wrappers.set(module, wrapper);
-      lora = wrapper.adapters.get(adapterName)!;
+  const extended: LinearWithAdapters[] = [];
+  const init: LoRAInit | undefined = config.init_lora_weights === "pissa" || config.init_lora_weights === "gaussian"
+    ? config.init_lora_weights
+    : undefined;
+  const options = { scaling: convention, adapterName, useDora: config.use_dora === true, init };
+  const plain = [...layers.values()].filter((layer): layer is Linear => layer instanceof Linear);
+  keepingWeights(init === "pissa" ? plain : [], () => {
+    try {
+      for (const [module, layer] of layers) {
+        let lora;
+        if (layer instanceof LinearWithAdapters) {
+          lora = layer.addAdapter(adapterName, r, alpha, options);
+          extended.push(layer);
+        } else {
+          const wrapper = new LinearWithAdapters(layer, r, alpha, options);
+          // Keep the model's current choice of adapter, if it has one, on newly wrapped layers too.
+          if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
+          wrappers.set(module, wrapper);
+          lora = wrapper.adapters.get(adapterName)!;
+        }
+        const { A, B, m } = byModule.get(module)!;
+        assignFrom(lora.A, transpose2d(A!.data, A!.shape));
+        assignFrom(lora.B, transpose2d(B!.data, B!.shape));
+        if (lora instanceof DoRALayer) assignFrom(lora.m, m!);
+      }
+    } catch (error) {
+      for (const layer of extended) layer.deleteAdapter(adapterName);
+      for (const wrapper of wrappers.values()) wrapper.lora.dispose();
+      throw error;
     }
-    const { A, B } = byModule.get(module) as Record<"A" | "B", StoredTensor>;
-    assignFrom(lora.A, transpose2d(A.data, A.shape));
-    assignFrom(lora.B, transpose2d(B.data, B.shape));
-  }
+  });
   attachWrappers(model, wrappers);
 }
 
@@ -322,11 +421,23 @@ function parseConfig(text: string): LoraConfig {
       `${where} has target_modules ${JSON.stringify(targets)}; expected a list of names or a regular expression.`,
     );
   }
-  if (c.use_rslora !== undefined && typeof c.use_rslora !== "boolean") {
-    throw new Error(`${where} has use_rslora ${JSON.stringify(c.use_rslora)}; expected true or false.`);
+  for (const flag of ["use_rslora", "use_dora"]) {
+    if (c[flag] !== undefined && c[flag] !== null && typeof c[flag] !== "boolean") {
+      throw new Error(`${where} has ${flag} ${JSON.stringify(c[flag])}; expected true or false.`);
+    }
+  }
+  const init = c.init_lora_weights;
+  if (
+    !(init === undefined || typeof init === "boolean" || (typeof init === "string" && READABLE_INITS.includes(init)))
+  ) {
+    throw new Error(
+      `${where} has init_lora_weights ${JSON.stringify(init)}; this library reads true, false, ` +
+        `${
+          READABLE_INITS.map((i) => `"${i}"`).join(", ")
+        } (the starts that leave the base weight as it is, and PiSSA).`,
+    );
   }
   const unsupported = [
-    ["use_dora", c.use_dora === true],
     ["fan_in_fan_out", c.fan_in_fan_out === true],
     ["rank_pattern", isNonEmptyObject(c.rank_pattern)],
     ["alpha_pattern", isNonEmptyObject(c.alpha_pattern)],

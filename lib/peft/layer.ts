@@ -8,8 +8,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { DoRALayer, type DoRAOptions } from "../dora.ts";
 import type { Linear } from "../layers.ts";
-import { LoRALayer, type LoRAOptions, requireLinear } from "../lora.ts";
+import { createLoRALayer, type LoRALayer, requireLinear } from "../lora.ts";
 import { Module } from "../module.ts";
 
 /**
@@ -23,8 +24,17 @@ import { Module } from "../module.ts";
  */
 export const BASE_ADAPTER = "__base__";
 
+/** Options for one new adapter: LoRA's (scaling, seed, init), and whether it is a DoRA adapter. */
+export interface AdapterLayerOptions extends DoRAOptions {
+  /**
+   * Make a DoRA adapter ({@linkcode DoRALayer}: A, B and a magnitude `m`), PEFT's `use_dora`; `normAxis` and
+   * `detachNorm` then apply. Default `false`: plain LoRA.
+   */
+  useDora?: boolean;
+}
+
 /** Options for a new {@linkcode LinearWithAdapters}. */
-export interface LinearWithAdaptersOptions extends LoRAOptions {
+export interface LinearWithAdaptersOptions extends AdapterLayerOptions {
   /** Name of the first adapter; default `"default"`, as in PEFT. */
   adapterName?: string;
 }
@@ -37,6 +47,11 @@ export interface LinearWithAdaptersOptions extends LoRAOptions {
  *
  * In parameter names the adapter `"default"` is `lora` (`lora.A`, `lora.B`, as in the tutorial) and an
  * adapter `"x"` is `lora_x`.
+ *
+ * An adapter made with `useDora: true` is a {@linkcode DoRALayer}: it keeps its own magnitude vector
+ * (`lora.m`, PEFT's `lora_magnitude_vector[adapter]`), and `apply` computes DoRA's output with it. Such
+ * adapters select, disable, merge, unmerge and mix in a batch like the others. PiSSA (`init: "pissa"`)
+ * rewrites the base weight, so it is accepted only for the first adapter (the constructor's).
  *
  * @example
  * ```ts
@@ -61,8 +76,16 @@ export class LinearWithAdapters extends Module {
   private mergedNames: string[] = [];
   /** Set by `applyMixedBatch` for one forward pass: the adapter of each row of the batch. */
   private rowAdapters: readonly string[] | null = null;
+  /**
+   * For each merged DoRA adapter, the norm `‖W + ΔW‖` it was merged with: unmerging divides by the same
+   * factor (the norm cannot be recomputed from the merged weight). PEFT caches it the same way.
+   */
+  private mergedNorms: Map<string, Float32Array> = new Map();
 
-  /** Wraps `linear` (which must be a {@linkcode Linear}) with a first adapter of the given rank and alpha. */
+  /**
+   * Wraps `linear` (which must be a {@linkcode Linear}) with a first adapter of the given rank and alpha
+   * (a DoRA adapter with `useDora`; with `init: "pissa"` the base weight becomes PiSSA's residual).
+   */
   constructor(linear: Module, rank: number, alpha: number, options: LinearWithAdaptersOptions = {}) {
     super();
     const base = requireLinear("LinearWithAdapters", linear);
@@ -70,7 +93,7 @@ export class LinearWithAdapters extends Module {
     checkAdapterName(name);
     this.linear = base;
     this.active = name;
-    this.adapters.set(name, new LoRALayer(base.inFeatures, base.outFeatures, rank, alpha, options));
+    this.adapters.set(name, newAdapter(base, rank, alpha, options));
   }
 
   /** The active adapter's low-rank update (the tutorial's `self.lora`). */
@@ -102,11 +125,15 @@ export class LinearWithAdapters extends Module {
     return this.disabled;
   }
 
-  /** The base layer plus the active adapter, or the base layer alone while merged or disabled. */
+  /**
+   * The base layer plus the active adapter (DoRA's `x·W′ + b` for a DoRA adapter), or the base layer alone
+   * while merged or disabled.
+   */
   apply<T extends tf.Tensor>(x: T): T {
     if (this.rowAdapters !== null) return this.applyMixed(x, this.rowAdapters);
     const lora = this.adapters.get(this.active);
     if (this.merged || this.disabled || lora === undefined) return this.linear.apply(x);
+    if (lora instanceof DoRALayer) return lora.applyWithBase(this.linear, x);
     return tf.tidy(() => tf.add(this.linear.apply(x), lora.apply(x)));
   }
 
@@ -115,6 +142,11 @@ export class LinearWithAdapters extends Module {
    * ({@linkcode BASE_ADAPTER}, or a name this layer lacks, means the base layer alone). The base product runs
    * once for the whole batch; each adapter's low-rank term runs on its own rows only. The names alone decide:
    * the active adapter and {@linkcode LinearWithAdapters.disableAdapters} play no part.
+   *
+   * DoRA adapters take part too (PEFT refuses them: "Cannot pass `adapter_names` when DoRA is enabled"): their
+   * rows get `c ⊙ (x·W + s·x·A·B) + b` from the shared `x·W`, or, with a norm per input unit, a second base
+   * product on their own rows, `(x ⊙ c)·W`. Each row equals what `apply` gives with that adapter active, up to
+   * float32 rounding.
    */
   applyMixed<T extends tf.Tensor>(x: T, adapterNames: readonly string[]): T {
     if (adapterNames.length !== x.shape[0]) {
@@ -124,13 +156,25 @@ export class LinearWithAdapters extends Module {
     }
     this.refuseMerged("applyMixed");
     return tf.tidy(() => {
-      let y: tf.Tensor = this.linear.apply(x);
+      const { weight, bias } = this.linear;
+      const base = this.linear.apply(x);
+      let y: tf.Tensor = base;
       for (const name of new Set(adapterNames)) {
         const lora = this.adapters.get(name);
         if (lora === undefined) continue; // base layer alone for these rows
         const rows = adapterNames.flatMap((n, i) => (n === name ? [i] : []));
         const index = tf.tensor2d(rows, [rows.length, 1], "int32");
-        const delta = lora.apply(tf.gatherND(x, index));
+        const xRows = tf.gatherND(x, index);
+        let delta: tf.Tensor;
+        if (!(lora instanceof DoRALayer)) {
+          delta = lora.apply(xRows);
+        } else if (lora.normAxis === "output") {
+          // c ⊙ (x·W + s·x·A·B) + b − (x·W + b), with x·W taken from the shared base output.
+          const xw = bias === null ? tf.gatherND(base, index) : tf.sub(tf.gatherND(base, index), bias);
+          delta = tf.sub(tf.mul(tf.add(xw, lora.apply(xRows)), lora.factor(weight)), xw);
+        } else {
+          delta = tf.sub(lora.applyWithBase(this.linear, xRows), tf.gatherND(base, index));
+        }
         y = tf.add(y, tf.scatterND(index, delta, y.shape));
       }
       return y as T;
@@ -151,13 +195,22 @@ export class LinearWithAdapters extends Module {
   /**
    * Adds a new adapter named `name` and returns it. It starts as `LoRALayer` does (B zero, so outputs do not
    * change) and frozen unless it is the active one; {@linkcode LinearWithAdapters.setAdapter} makes it active
-   * and trainable.
+   * and trainable. With `useDora` it is a {@linkcode DoRALayer}, whose magnitude starts from the base weight,
+   * so that is refused while an adapter is merged into it. PiSSA is refused here: it would rewrite the base
+   * weight under the adapters the layer already has.
    */
-  addAdapter(name: string, rank: number, alpha: number, options: LoRAOptions = {}): LoRALayer {
+  addAdapter(name: string, rank: number, alpha: number, options: AdapterLayerOptions = {}): LoRALayer {
     checkAdapterName(name);
     if (this.adapters.has(name)) throw new Error(`addAdapter: this layer already has an adapter named "${name}".`);
-    const lora = new LoRALayer(this.linear.inFeatures, this.linear.outFeatures, rank, alpha, options);
-    lora.A.trainable = lora.B.trainable = name === this.active;
+    if (options.init === "pissa") {
+      throw new Error(
+        `addAdapter: PiSSA replaces the base weight by a residual, which would change the adapters this layer ` +
+          `already has (${listNames(this.adapters.keys())}); PiSSA can only be a layer's first adapter.`,
+      );
+    }
+    if (options.useDora) this.refuseMerged("addAdapter (DoRA, whose magnitude starts from the base weight)");
+    const lora = newAdapter(this.linear, rank, alpha, options);
+    setTrainable(lora, name === this.active);
     this.adapters.set(name, lora);
     return lora;
   }
@@ -169,7 +222,7 @@ export class LinearWithAdapters extends Module {
   setAdapter(name: string): void {
     this.refuseMerged("setAdapter");
     this.active = name;
-    for (const [key, lora] of this.adapters) lora.A.trainable = lora.B.trainable = key === name;
+    for (const [key, lora] of this.adapters) setTrainable(lora, key === name);
   }
 
   /**
@@ -208,6 +261,10 @@ export class LinearWithAdapters extends Module {
    * Adds `scaling·A·B` of adapter `name` (default: the active one) to the base weight in place, so that
    * inference costs one product. While anything is merged, `apply` runs the base layer alone (which now
    * holds the update). Merging an adapter that is already merged is an error.
+   *
+   * A DoRA adapter is merged as PEFT merges it: `W ← f ⊙ (W + ΔW)` with `f = m / ‖W + ΔW‖` per unit, the
+   * norm kept for {@linkcode LinearWithAdapters.unmerge}. Merging fails, changing nothing, if that would give
+   * a weight that is not finite (PEFT's `safe_merge` check).
    */
   merge(name: string = this.active): void {
     if (this.mergedNames.includes(name)) {
@@ -218,7 +275,24 @@ export class LinearWithAdapters extends Module {
     if (lora === undefined) {
       throw new Error(`merge(): no adapter named "${name}"; this layer has ${listNames(this.adapters.keys())}.`);
     }
-    tf.tidy(() => this.linear.weight.assign(tf.add(this.linear.weight, lora.deltaWeight())));
+    if (lora instanceof DoRALayer) {
+      const weight = this.linear.weight;
+      const { merged, norm } = tf.tidy(() => {
+        const norm = lora.weightNorm(weight);
+        const merged = lora.scaleUnits(tf.add(weight, lora.deltaWeight()), tf.div(lora.m, norm));
+        return { merged, norm };
+      });
+      const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0] === 1);
+      if (!finite) {
+        tf.dispose([merged, norm]);
+        throw new Error(`merge(): merging DoRA adapter "${name}" gives weights that are not finite; it seems broken.`);
+      }
+      this.mergedNorms.set(name, norm.dataSync() as Float32Array);
+      weight.assign(merged);
+      tf.dispose([merged, norm]);
+    } else {
+      tf.tidy(() => this.linear.weight.assign(tf.add(this.linear.weight, lora.deltaWeight())));
+    }
     this.mergedNames.push(name);
   }
 
@@ -226,12 +300,28 @@ export class LinearWithAdapters extends Module {
    * Subtracts every merged adapter's `scaling·A·B` from the base weight again, last merged first. The result
    * equals the original weight up to float32 rounding of the add and the subtract (a few units in the last
    * place of the larger of `|W|` and `|ΔW|`).
+   *
+   * A DoRA adapter comes out as PEFT takes it out: `W ← W_merged / f − ΔW`, with the factor `f` of the norm
+   * kept at merge time. Four float32 roundings (add, multiply, divide, subtract) bound the error per element
+   * by `2⁻²²·(|W| + |ΔW|)` (each rounding is at most `2⁻²⁴` relative; see `tests/dora_test.ts`).
    */
   unmerge(): void {
     if (!this.merged) throw new Error("unmerge(): this layer is not merged; nothing to unmerge.");
     while (this.mergedNames.length > 0) {
-      const lora = this.adapters.get(this.mergedNames.at(-1)!)!;
-      tf.tidy(() => this.linear.weight.assign(tf.sub(this.linear.weight, lora.deltaWeight())));
+      const name = this.mergedNames.at(-1)!;
+      const lora = this.adapters.get(name)!;
+      const weight = this.linear.weight;
+      if (lora instanceof DoRALayer) {
+        const norm = this.mergedNorms.get(name)!;
+        tf.tidy(() => {
+          const factor = tf.div(lora.m, tf.tensor1d(norm)); // the same bits as at merge time
+          const perUnit = lora.normAxis === "output" ? factor : tf.expandDims(factor, 1);
+          weight.assign(tf.sub(tf.div(weight, perUnit), lora.deltaWeight()));
+        });
+        this.mergedNorms.delete(name);
+      } else {
+        tf.tidy(() => weight.assign(tf.sub(weight, lora.deltaWeight())));
+      }
       this.mergedNames.pop();
     }
   }
@@ -250,6 +340,16 @@ export class LinearWithAdapters extends Module {
       throw new Error(`${caller}: adapters ${listNames(this.mergedNames)} are merged; call unmerge() first.`);
     }
   }
+}
+
+/** A LoRA or DoRA adapter for `linear`, as `options` asks. */
+function newAdapter(linear: Linear, rank: number, alpha: number, options: AdapterLayerOptions): LoRALayer {
+  return options.useDora ? new DoRALayer(linear, rank, alpha, options) : createLoRALayer(linear, rank, alpha, options);
+}
+
+/** Marks every parameter of an adapter (A, B, and a DoRA adapter's m) trainable or frozen. */
+function setTrainable(lora: LoRALayer, trainable: boolean): void {
+  for (const [, variable] of lora.ownParameters()) variable.trainable = trainable;
 }
 
 /**

@@ -6,6 +6,7 @@
  * - {@link ./targets.ts}: `target_modules` matching (names, dotted suffixes, regular expressions, `"all-linear"`).
  * - {@link ./model.ts}: `addLoRA` and the model-wide adapter operations.
  * - {@link ./files.ts}: `saveAdapter` / `loadAdapter` in PEFT's `adapter_model.safetensors` + `adapter_config.json`.
+ * - {@link ./combine.ts}: `addWeightedAdapter`, several adapters combined into one (cat, svd, TIES, DARE, …).
  *
  * @example Two adapters on one base, one of them saved in PEFT's format
  * ```ts
@@ -21,7 +22,7 @@
  *
  * @module
  */
-export { BASE_ADAPTER, LinearWithAdapters, type LinearWithAdaptersOptions } from "./layer.ts";
+export { type AdapterLayerOptions, BASE_ADAPTER, LinearWithAdapters, type LinearWithAdaptersOptions } from "./layer.ts";
 export { findTargets, matchesTarget, type TargetModules, type TargetOptions } from "./targets.ts";
 export {
   type AdapterOptions,
@@ -47,3 +48,13 @@ export {
   type LoraConfig,
   saveAdapter,
 } from "./files.ts";
+export {
+  addWeightedAdapter,
+  COMBINATION_TYPES,
+  type CombinationType,
+  type MajoritySignMethod,
+  type MergeOptions,
+  type MergeRule,
+  mergeTaskTensors,
+  type WeightedAdapterOptions,
+} from "./combine.ts";

@@ -9,21 +9,26 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { freezeLinearLayers, Linear } from "../layers.ts";
-import { LinearWithLoRA, LinearWithLoRAMerged, type LoRAOptions } from "../lora.ts";
+import { LinearWithDoRA, LinearWithDoRAMerged } from "../dora.ts";
+import { Linear } from "../layers.ts";
+import { LinearWithLoRA, LinearWithLoRAMerged, LoRALayer } from "../lora.ts";
 import { getModule, type Module, namedModules, setModule } from "../module.ts";
-import { BASE_ADAPTER, checkAdapterName, LinearWithAdapters, listNames } from "./layer.ts";
+import { type AdapterLayerOptions, BASE_ADAPTER, checkAdapterName, LinearWithAdapters, listNames } from "./layer.ts";
 import { findTargets, type TargetOptions } from "./targets.ts";
 
-/** Options for {@linkcode addLoRA}: rank, alpha, which layers, and how A starts. */
-export interface AddLoRAOptions extends LoRAOptions, TargetOptions {
+/**
+ * Options for {@linkcode addLoRA}: rank, alpha, which layers, how A and B start (`init`), and DoRA
+ * (`useDora`, with `normAxis` and `detachNorm`).
+ */
+export interface AddLoRAOptions extends AdapterLayerOptions, TargetOptions {
   /** Inner dimension of A and B. */
   rank: number;
   /** Scale hyperparameter; see `loraScaling`. */
   alpha: number;
   /**
-   * Wrap each target in the tutorial's {@linkcode LinearWithLoRAMerged} (`x·(W + ΔW)` on every call) instead
-   * of {@linkcode LinearWithAdapters}. Such a model trains and saves its weights, but has no named adapters.
+   * Wrap each target in the tutorial's {@linkcode LinearWithLoRAMerged} (`x·(W + ΔW)` on every call), or with
+   * `useDora` in {@linkcode LinearWithDoRAMerged} (`x·W′`), instead of {@linkcode LinearWithAdapters}. Such a
+   * model trains and saves its weights, but has no named adapters.
    */
   merged?: boolean;
 }
@@ -34,6 +39,11 @@ export interface AddLoRAOptions extends LoRAOptions, TargetOptions {
  * others by name (see `TargetModules`). The model is changed in place and returned. Each wrapped layer gets
  * its own seed derived from `seed`, so runs repeat.
  *
+ * `useDora: true` makes DoRA adapters (PEFT's `use_dora`; see `DoRALayer`): the trainable parameters gain
+ * one magnitude per output unit (`lora.m`). `init` chooses how A and B start (see `LoRAInit`); with
+ * `"pissa"` each target's base weight becomes PiSSA's residual, and if anything fails those weights are put
+ * back before the error is thrown.
+ *
  * @example
  * ```ts
  * import { addLoRA } from "./model.ts";
@@ -41,7 +51,10 @@ export interface AddLoRAOptions extends LoRAOptions, TargetOptions {
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8 });
  * console.log(countParameters(model)); // { total: 142322, trainable: 6248 }
+ * const dora = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8, useDora: true });
+ * console.log(countParameters(dora)); // { total: 142716, trainable: 6642 }: + 128 + 256 + 10 magnitudes
  * model.dispose();
+ * dora.dispose();
  * ```
  */
 export function addLoRA<M extends Module>(model: M, options: AddLoRAOptions): M {
@@ -52,22 +65,22 @@ export function addLoRA<M extends Module>(model: M, options: AddLoRAOptions): M 
       throw new Error(`addLoRA: ${name} already carries LoRA (${layer.constructor.name}); use addAdapter for more.`);
     }
   }
-  // Build every wrapper before changing the model, so a bad rank leaves the model as it was.
-  const Wrapper = options.merged ? LinearWithLoRAMerged : LinearWithAdapters;
+  // Build every wrapper before changing the model, so a bad rank leaves the model as it was (PiSSA's
+  // residuals, written while building, are undone).
+  const Wrapper = options.merged ? (options.useDora ? LinearWithDoRAMerged : LinearWithLoRAMerged) : LinearWithAdapters;
   const wrapped: Module[] = [];
-  try {
-    for (const [k, name] of targets.entries()) {
-      const seed = options.seed === undefined ? undefined : options.seed + k;
-      wrapped.push(
-        new Wrapper(getModule(model, name), options.rank, options.alpha, { scaling: options.scaling, seed }),
-      );
+  keepingWeights(options.init === "pissa" ? targets.map((name) => getModule(model, name) as Linear) : [], () => {
+    try {
+      for (const [k, name] of targets.entries()) {
+        wrapped.push(new Wrapper(getModule(model, name), options.rank, options.alpha, adapterOptions(options, k)));
+      }
+    } catch (error) {
+      for (const layer of wrapped) (layer as LinearWithAdapters | LinearWithLoRAMerged).lora.dispose();
+      throw error;
     }
-  } catch (error) {
-    for (const layer of wrapped) (layer as LinearWithAdapters | LinearWithLoRAMerged).lora.dispose();
-    throw error;
-  }
+  });
   targets.forEach((name, k) => setModule(model, name, wrapped[k]));
-  freezeLinearLayers(model);
+  freezeBase(model);
   return model;
 }
 
@@ -140,30 +153,40 @@ export function addAdapter<M extends Module>(model: M, name: string, options: Ad
     if (layer instanceof LinearWithAdapters && layer.adapters.has(name)) {
       throw new Error(`addAdapter: ${target} already has an adapter named "${name}".`);
     }
+    if (layer instanceof LinearWithAdapters && options.init === "pissa") {
+      throw new Error(
+        `addAdapter: ${target} already has adapters; PiSSA would replace its base weight under them, so it can ` +
+          "only be a layer's first adapter.",
+      );
+    }
     return layer;
   });
   // Build everything first; undo what was built if a step fails, so the model is unchanged.
   const activeBefore = loraLayers(model)[0]?.[1].activeAdapter;
   const wrappers = new Map<string, LinearWithAdapters>();
   const extended: LinearWithAdapters[] = [];
-  try {
-    for (const [k, layer] of layers.entries()) {
-      const lora = { scaling: options.scaling, seed: options.seed === undefined ? undefined : options.seed + k };
-      if (layer instanceof LinearWithAdapters) {
-        layer.addAdapter(name, options.rank, options.alpha, lora);
-        extended.push(layer);
-      } else {
-        const wrapper = new LinearWithAdapters(layer, options.rank, options.alpha, { ...lora, adapterName: name });
-        // As in PEFT, the new adapter stays inactive (and frozen) until setAdapter picks it, unless it is the first.
-        if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
-        wrappers.set(targets[k], wrapper);
+  const plain = layers.filter((layer): layer is Linear => layer instanceof Linear);
+  keepingWeights(options.init === "pissa" ? plain : [], () => {
+    try {
+      for (const [k, layer] of layers.entries()) {
+        const lora = adapterOptions(options, k);
+        if (layer instanceof LinearWithAdapters) {
+          layer.addAdapter(name, options.rank, options.alpha, lora);
+          extended.push(layer);
+        } else {
+          const wrapper = new LinearWithAdapters(layer, options.rank, options.alpha, { ...lora, adapterName: name });
+          // As in PEFT, the new adapter stays inactive (and frozen) until setAdapter picks it, unless it is the
+          // first.
+          if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
+          wrappers.set(targets[k], wrapper);
+        }
       }
+    } catch (error) {
+      for (const layer of extended) layer.deleteAdapter(name);
+      for (const wrapper of wrappers.values()) wrapper.lora.dispose();
+      throw error;
     }
-  } catch (error) {
-    for (const layer of extended) layer.deleteAdapter(name);
-    for (const wrapper of wrappers.values()) wrapper.lora.dispose();
-    throw error;
-  }
+  });
   attachWrappers(model, wrappers);
   return model;
 }
@@ -311,7 +334,7 @@ export function unmergeAdapter(model: Module): void {
  * Folds each LoRA layer's update into its base weight and puts the plain `Linear` back, freeing the adapters:
  * PEFT's `merge_and_unload`. For {@linkcode LinearWithAdapters} the update is the active adapter's (or what is
  * already merged); the tutorial's {@linkcode LinearWithLoRA} and {@linkcode LinearWithLoRAMerged} fold their
- * one update. What is left is a model of plain layers that computes what the adapted model computed, up to
+ * one update, and {@linkcode LinearWithDoRA} and {@linkcode LinearWithDoRAMerged} store their `W′`. What is left is a model of plain layers that computes what the adapted model computed, up to
  * float32 rounding. Refused, with nothing changed, while adapters are disabled.
  *
  * @example
@@ -335,6 +358,11 @@ export function mergeAndUnload<M extends Module>(model: M): M {
     } else if (layer instanceof LinearWithLoRA || layer instanceof LinearWithLoRAMerged) {
       const { linear, lora } = layer;
       tf.tidy(() => linear.weight.assign(tf.add(linear.weight, lora.deltaWeight())));
+      lora.dispose();
+      setModule(model, name, linear);
+    } else if (layer instanceof LinearWithDoRA || layer instanceof LinearWithDoRAMerged) {
+      const { linear, lora } = layer;
+      tf.tidy(() => linear.weight.assign(lora.adaptedWeight(linear.weight)));
       lora.dispose();
       setModule(model, name, linear);
     }
@@ -387,10 +415,69 @@ export function applyMixedBatch<T extends tf.Tensor, R extends tf.Tensor>(
   return tf.tidy(() => run(0));
 }
 
+/** The options of one new adapter, target number `k`: each target's seed is `seed + k`. */
+function adapterOptions(options: AdapterLayerOptions, k: number): AdapterLayerOptions {
+  const { scaling, init, useDora, normAxis, detachNorm } = options;
+  return {
+    scaling,
+    init,
+    useDora,
+    normAxis,
+    detachNorm,
+    seed: options.seed === undefined ? undefined : options.seed + k,
+  };
+}
+
+/**
+ * Runs `build`; if it throws, puts back the weights of `linears` it may have changed (PiSSA writes its
+ * residual while adapters are built), so that a refused call leaves the model as it was.
+ *
+ * @example
+ * ```ts
+ * import { Linear } from "../layers.ts";
+ * import { LoRALayer, pissaInit } from "../lora.ts";
+ * import { keepingWeights } from "./model.ts";
+ * const linear = new Linear(4, 3, { seed: 1 });
+ * const before = linear.weight.dataSync().slice();
+ * try {
+ *   keepingWeights([linear], () => {
+ *     pissaInit(linear, new LoRALayer(4, 3, 1, 2)); // rewrites the weight…
+ *     throw new Error("a later step fails");
+ *   });
+ * } catch {
+ *   console.log(linear.weight.dataSync().every((w, i) => w === before[i])); // true: …and it is put back
+ * }
+ * ```
+ */
+export function keepingWeights(linears: Linear[], build: () => void): void {
+  const saved = linears.map((linear) => tf.clone(linear.weight));
+  try {
+    build();
+  } catch (error) {
+    linears.forEach((linear, k) => linear.weight.assign(saved[k]));
+    throw error;
+  } finally {
+    tf.dispose(saved);
+  }
+}
+
 /** Puts the new wrappers in place and freezes every base weight of the model, as `addLoRA` and PEFT do. */
 export function attachWrappers(model: Module, wrappers: Map<string, LinearWithAdapters>): void {
   for (const [name, wrapper] of wrappers) setModule(model, name, wrapper);
-  freezeLinearLayers(model);
+  freezeBase(model);
+}
+
+/**
+ * Freezes every parameter of `model` outside its adapters (`LoRALayer`s, DoRA's included), leaving the
+ * adapters' own flags alone: PEFT's `mark_only_lora_as_trainable`. In a model made of linear layers only,
+ * such as the perceptron, that is the tutorial's `freezeLinearLayers`; a GPT's embeddings and LayerNorms are
+ * frozen too, as PEFT freezes them.
+ */
+function freezeBase(model: Module): void {
+  for (const [, module] of namedModules(model)) {
+    if (module instanceof LoRALayer) continue;
+    for (const [, variable] of module.ownParameters()) variable.trainable = false;
+  }
 }
 
 /** Throws, naming the adapters the model has, unless some layer of `model` has adapter `name`. */

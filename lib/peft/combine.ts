@@ -1,0 +1,527 @@
+/**
+ * Combining adapters: several named adapters of one model become one new adapter, as PEFT's
+ * `add_weighted_adapter` does it, by one of eleven methods (concatenation, weighted sums, truncated SVD,
+ * TIES, DARE, magnitude pruning).
+ *
+ * Notation used throughout: adapter `i` has factors `Aᵢ` (`[in, rᵢ]`) and `Bᵢ` (`[rᵢ, out]`) and scaling
+ * `sᵢ`, so the update it adds to a layer's weight is `ΔWᵢ = sᵢ·Aᵢ·Bᵢ`; `wᵢ` is the weight the caller gives it.
+ * The target most methods aim at is the weighted sum of updates, `Σ wᵢ·ΔWᵢ = Σ wᵢ·sᵢ·Aᵢ·Bᵢ`.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { DoRALayer } from "../dora.ts";
+import { svd } from "../linalg.ts";
+import type { LoRALayer, ScalingConvention } from "../lora.ts";
+import { seededRandom } from "../mnist.ts";
+import type { Module } from "../module.ts";
+import { checkAdapterName, type LinearWithAdapters, listNames } from "./layer.ts";
+import { listAdapters, loraLayers } from "./model.ts";
+
+/**
+ * The methods {@linkcode addWeightedAdapter} offers, with PEFT's names: `cat`, `linear`, `svd`, and the
+ * pruning methods `ties`, `dare_linear`, `dare_ties`, `magnitude_prune`, each also as `…_svd`.
+ *
+ * @example
+ * ```ts
+ * import { COMBINATION_TYPES } from "./combine.ts";
+ * console.log(COMBINATION_TYPES.length); // 11
+ * ```
+ */
+export const COMBINATION_TYPES = [
+  "cat",
+  "linear",
+  "svd",
+  "ties",
+  "ties_svd",
+  "dare_linear",
+  "dare_ties",
+  "dare_linear_svd",
+  "dare_ties_svd",
+  "magnitude_prune",
+  "magnitude_prune_svd",
+] as const;
+
+/** One of {@linkcode COMBINATION_TYPES}. */
+export type CombinationType = (typeof COMBINATION_TYPES)[number];
+
+/**
+ * How {@linkcode mergeTaskTensors} merges same-shaped tensors (PEFT's `merge_utils`): `linear` is the weighted
+ * sum; `magnitude_prune` keeps each tensor's largest entries first; `dare_linear` drops entries at random and
+ * rescales the rest; `ties` and `dare_ties` prune likewise, then elect a sign per entry and average the
+ * entries that agree with it.
+ */
+export type MergeRule = "linear" | "ties" | "dare_linear" | "dare_ties" | "magnitude_prune";
+
+/** How TIES elects the sign of an entry: by the sign of the sum of values, or by a vote of signs. */
+export type MajoritySignMethod = "total" | "frequency";
+
+/** Options for {@linkcode mergeTaskTensors}. */
+export interface MergeOptions {
+  /** Fraction of entries each tensor keeps, in (0, 1]; 1 prunes nothing. Needed by every rule but `linear`. */
+  density?: number;
+  /** How `ties` and `dare_ties` elect signs; default `"total"`. */
+  majoritySignMethod?: MajoritySignMethod;
+  /** Uniform numbers in [0, 1) for DARE's random drop; needed by `dare_linear` and `dare_ties`. */
+  random?: () => number;
+}
+
+/**
+ * Merges task tensors `tensors[i]` (all the same length, flattened) with weights `weights[i]` into one, by
+ * `rule`, as PEFT's `merge_utils` does:
+ *
+ * - **trim** (`ties`, `magnitude_prune`): each tensor keeps its `⌊density·n⌋` entries of largest magnitude
+ *   (ties between equal magnitudes go to the earlier entry) and the others become 0;
+ * - **drop and rescale** (`dare_linear`, `dare_ties`): each entry survives with probability `density`,
+ *   independently, and survivors are divided by `density`, so the expected value of every entry is unchanged;
+ * - **elect and average** (`ties`, `dare_ties`): the sign of each entry is elected from the pruned, unweighted
+ *   tensors: with `"total"` the sign of their sum, with `"frequency"` the sign with more votes (a tie elects
+ *   +); then the weighted entries whose sign equals the elected one (zeros never do) are averaged, and an entry
+ *   where none agrees is 0;
+ * - otherwise the pruned tensors are summed with their weights.
+ *
+ * Computed in float64.
+ *
+ * @example Three tasks, two entries: the first entry's elected sign is − (3 − 1 − 5 < 0)
+ * ```ts
+ * import { mergeTaskTensors } from "./combine.ts";
+ * const tasks = [new Float64Array([3, 1]), new Float64Array([-1, 2]), new Float64Array([-5, 0])];
+ * console.log(mergeTaskTensors("linear", tasks, [1, 1, 1])); // Float64Array(2) [ -3, 3 ]
+ * console.log(mergeTaskTensors("ties", tasks, [1, 1, 1], { density: 1 })); // Float64Array(2) [ -3, 1.5 ]
+ * ```
+ */
+export function mergeTaskTensors(
+  rule: MergeRule,
+  tensors: readonly Float64Array[],
+  weights: readonly number[],
+  options: MergeOptions = {},
+): Float64Array {
+  const n = tensors[0]?.length ?? 0;
+  if (tensors.length === 0 || tensors.some((t) => t.length !== n) || weights.length !== tensors.length) {
+    throw new RangeError(
+      `mergeTaskTensors: expected one or more tensors of equal length and one weight each; got lengths ` +
+        `[${tensors.map((t) => t.length)}] and ${weights.length} weights.`,
+    );
+  }
+  const density = options.density ?? 1;
+  if (rule !== "linear") checkDensity("mergeTaskTensors", rule, options.density);
+  let pruned = tensors;
+  if (rule === "ties" || rule === "magnitude_prune") pruned = tensors.map((t) => trimByMagnitude(t, density));
+  if (rule === "dare_linear" || rule === "dare_ties") {
+    const random = options.random;
+    if (random === undefined) throw new RangeError(`mergeTaskTensors: ${rule} needs options.random.`);
+    pruned = tensors.map((t) => dropAndRescale(t, density, random));
+  }
+  const merged = new Float64Array(n);
+  if (rule === "ties" || rule === "dare_ties") {
+    const method = options.majoritySignMethod ?? "total";
+    for (let j = 0; j < n; j++) {
+      let score = 0;
+      for (const t of pruned) score += method === "total" ? t[j] : Math.sign(t[j]);
+      const elected = score >= 0 ? 1 : -1;
+      let sum = 0, count = 0;
+      pruned.forEach((t, i) => {
+        if (Math.sign(t[j]) === elected) {
+          sum += weights[i] * t[j];
+          count++;
+        }
+      });
+      merged[j] = sum / Math.max(count, 1);
+    }
+  } else {
+    pruned.forEach((t, i) => {
+      for (let j = 0; j < n; j++) merged[j] += weights[i] * t[j];
+    });
+  }
+  return merged;
+}
+
+/** Options for {@linkcode addWeightedAdapter}. */
+export interface WeightedAdapterOptions {
+  /** The method; default `"svd"`, as in PEFT. */
+  combinationType?: CombinationType;
+  /** Rank of the new adapter for the `svd` family; default the largest rank among the sources. */
+  svdRank?: number;
+  /** Fraction of entries kept by the pruning methods (`ties`, `dare_*`, `magnitude_prune`, and their `_svd`). */
+  density?: number;
+  /** Sign election of `ties`, `dare_ties` and their `_svd`; default `"total"`. */
+  majoritySignMethod?: MajoritySignMethod;
+  /** Seed of DARE's random drop (`dare_*` only), so that a combination repeats; default 0. */
+  seed?: number;
+}
+
+/**
+ * Adds adapter `adapterName` to `model`, made from the existing `adapters` with weights `weights` (PEFT's
+ * `add_weighted_adapter`), and returns the model. The new adapter is an ordinary one: it covers every layer
+ * that any source covers, is frozen and inactive until `setAdapter`, and can be merged, saved with
+ * `saveAdapter` or served in a mixed batch. Its scaling is 1, so that `A·B` is its whole update: it keeps the
+ * first source's convention, with alpha 1 (`"tutorial"`), `rank` (`"paper"`) or `√rank` (`"rslora"`).
+ *
+ * In a layer that some sources do not cover, those sources are left out (there is nothing of theirs to add).
+ * With `ΔWᵢ = sᵢ·Aᵢ·Bᵢ` the update of source `i` and `wᵢ` its weight, each method gives:
+ *
+ * - **`cat`**: `A = [w₁s₁A₁ | w₂s₂A₂ | …]`, `B` the `Bᵢ` stacked: exactly `Σ wᵢ·ΔWᵢ`. Ranks may differ; the
+ *   new rank is their sum, and a layer covered by fewer sources is padded with zeros.
+ * - **`linear`**: with `cᵢ = wᵢ·sᵢ`, `A = Σ sign(cᵢ)·√|cᵢ|·Aᵢ` and `B = Σ √|cᵢ|·Bᵢ`. With one source that is
+ *   exactly `w·ΔW`; with several, `A·B` also holds the cross terms `√|cᵢcⱼ|·AᵢBⱼ` (i ≠ j), so it is **not**
+ *   `Σ wᵢ·ΔWᵢ`. Ranks must be equal; the new rank is that rank.
+ * - **`ties`, `dare_linear`, `dare_ties`, `magnitude_prune`**: as `linear`, but the A's and the B's are each
+ *   merged entry by entry with {@linkcode mergeTaskTensors} (weights `sign(cᵢ)·√|cᵢ|` for A, `√|cᵢ|` for B).
+ *   Equal ranks needed, cross terms included.
+ * - **`svd`**: the best rank-`svdRank` approximation (Eckart–Young) of `Σ wᵢ·ΔWᵢ`; exact when `svdRank` is at
+ *   least the rank of that sum. **`ties_svd`, `dare_linear_svd`, `dare_ties_svd`, `magnitude_prune_svd`**:
+ *   the same truncation of `mergeTaskTensors(rule, [ΔW₁, ΔW₂, …], [w₁, w₂, …])` on the full matrices. All
+ *   singular values go to B; A's columns are orthonormal (or zero where a singular value is 0). Ranks may
+ *   differ.
+ *
+ * DARE draws its masks from one generator seeded with `seed`, layer after layer in model order, so a
+ * combination repeats exactly.
+ *
+ * Differences from PEFT (0.20.1.dev0), each on purpose:
+ *
+ * - The `svd` family combines `Σ wᵢ·ΔWᵢ`. PEFT passes the already scaled `ΔWᵢ` with weights `wᵢ·sᵢ`, so its
+ *   sources' scalings enter squared (`Σ wᵢ·sᵢ²·AᵢBᵢ`), right only when every `sᵢ` is 1.
+ * - With rsLoRA PEFT's new adapter (alpha = rank) scales by `√rank` instead of 1; here the scaling is 1 in every
+ *   convention.
+ * - An `adapterName` already in use is an error; PEFT returns without doing anything.
+ * - One source keeps the method asked for (an `svd` of one adapter reduces its rank, `magnitude_prune` prunes
+ *   it); PEFT switches to `linear` whenever there is one source.
+ * - Bad input is refused, with the model unchanged: a count of weights that differs from the count of
+ *   adapters (PEFT drops the extras), a missing or out-of-range `density` (PEFT fails inside, or skips pruning
+ *   at `density ≥ 1`), an option the method does not use, and an `svdRank` above `min(in, out)` of a covered
+ *   layer.
+ * - A LoRA rank here is at most `min(in, out)` (PEFT has no such bound). Where `cat`'s summed rank exceeds it,
+ *   that layer gets rank `min(in, out)` and holds the exact sum factored by SVD, which a matrix of that shape
+ *   always allows; the adapter then has different ranks in different layers, which one PEFT config cannot
+ *   describe, so `saveAdapter` refuses it.
+ * - DARE's masks come from `seed` (default 0), so a combination repeats; PEFT draws them from PyTorch's
+ *   global generator.
+ * - DoRA adapters are refused: PEFT's combination drops their magnitude vectors, so its result is not what
+ *   the sources compute.
+ * - PEFT's `svd_clamp`, `svd_full_matrices` and `svd_driver` are not offered; the SVD is float64 Jacobi.
+ *
+ * Like PEFT, sources may cover different layers (the new adapter covers their union).
+ *
+ * @example Two adapters become one, exactly, by concatenation
+ * ```ts
+ * import { addAdapter, addLoRA, listAdapters, loraLayers } from "./model.ts";
+ * import { addWeightedAdapter } from "./combine.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(20, 16, 12, 5), { rank: 2, alpha: 4 });
+ * addAdapter(model, "other", { rank: 3, alpha: 1 });
+ * addWeightedAdapter(model, ["default", "other"], [1, -0.5], "both", { combinationType: "cat" });
+ * console.log(listAdapters(model)); // ["default", "other", "both"]
+ * console.log(loraLayers(model)[0][1].adapters.get("both")!.rank); // 5
+ * model.dispose();
+ * ```
+ */
+export function addWeightedAdapter<M extends Module>(
+  model: M,
+  adapters: readonly string[],
+  weights: readonly number[],
+  adapterName: string,
+  options: WeightedAdapterOptions = {},
+): M {
+  const plan = planCombination(model, adapters, weights, adapterName, options);
+  const random = seededRandom(options.seed ?? 0);
+  // Compute every layer's factors before the model changes, so that nothing is left half-done.
+  const factors = plan.layers.map((layer) => combineLayer(plan, layer, random));
+  const extended: LinearWithAdapters[] = [];
+  try {
+    plan.layers.forEach(({ layer, rank }, k) => {
+      const alpha = plan.convention === "paper" ? rank : plan.convention === "rslora" ? Math.sqrt(rank) : 1;
+      const lora = layer.addAdapter(adapterName, rank, alpha, { scaling: plan.convention, seed: 1 });
+      extended.push(layer);
+      tf.tidy(() => {
+        lora.A.assign(tf.tensor2d(Float32Array.from(factors[k].a), [layer.linear.inFeatures, rank]));
+        lora.B.assign(tf.tensor2d(Float32Array.from(factors[k].b), [rank, layer.linear.outFeatures]));
+      });
+    });
+  } catch (error) {
+    for (const layer of extended) layer.deleteAdapter(adapterName);
+    throw error;
+  }
+  return model;
+}
+
+// Helpers ----------------------------------------------------------------------------------------------------
+
+/** One source adapter as it appears in one layer. */
+interface Part {
+  /** Position in the caller's list. */
+  index: number;
+  weight: number;
+  lora: LoRALayer;
+}
+
+/** One layer of the new adapter: the sources present there and the rank it gets. */
+interface LayerPlan {
+  module: string;
+  layer: LinearWithAdapters;
+  parts: Part[];
+  rank: number;
+}
+
+/** Everything checked and decided before any computation. */
+interface Plan {
+  method: CombinationType;
+  rule: MergeRule;
+  density: number;
+  majoritySignMethod: MajoritySignMethod;
+  convention: ScalingConvention;
+  layers: LayerPlan[];
+}
+
+const SIGN_ELECTING: readonly CombinationType[] = ["ties", "ties_svd", "dare_ties", "dare_ties_svd"];
+const RANDOM: readonly CombinationType[] = ["dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd"];
+const EQUAL_RANKS: readonly CombinationType[] = ["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"];
+
+/** Checks the request against the model and decides each layer's rank; throws before anything changes. */
+function planCombination(
+  model: Module,
+  adapters: readonly string[],
+  weights: readonly number[],
+  adapterName: string,
+  options: WeightedAdapterOptions,
+): Plan {
+  const where = "addWeightedAdapter";
+  checkAdapterName(adapterName);
+  const method = options.combinationType ?? "svd";
+  if (!COMBINATION_TYPES.includes(method)) {
+    throw new RangeError(
+      `${where}: unknown combinationType "${method}"; expected one of ${listNames(COMBINATION_TYPES)}.`,
+    );
+  }
+  if (!Array.isArray(adapters) || adapters.length === 0) {
+    throw new RangeError(`${where}: expected a non-empty list of adapter names; got ${JSON.stringify(adapters)}.`);
+  }
+  if (!Array.isArray(weights) || weights.length !== adapters.length) {
+    throw new RangeError(
+      `${where}: got ${Array.isArray(weights) ? weights.length : "no list of"} weights for ${adapters.length} ` +
+        "adapters; expected one weight per adapter.",
+    );
+  }
+  const badWeight = weights.findIndex((w) => typeof w !== "number" || !Number.isFinite(w));
+  if (badWeight >= 0) {
+    throw new RangeError(`${where}: weights must be finite numbers; weight ${badWeight} is ${weights[badWeight]}.`);
+  }
+  const known = listAdapters(model);
+  const unknown = adapters.filter((name) => !known.includes(name));
+  if (unknown.length > 0) {
+    throw new Error(`${where}: the model has no adapter ${listNames(unknown)}; it has ${listNames(known)}.`);
+  }
+  if (known.includes(adapterName)) {
+    throw new Error(
+      `${where}: the model already has an adapter named "${adapterName}"; choose another name or delete it first.`,
+    );
+  }
+
+  // Options: each must belong to the method.
+  const isSvd = method.endsWith("svd");
+  const rule = mergeRule(method);
+  const uses = {
+    svdRank: isSvd,
+    density: rule !== "linear",
+    majoritySignMethod: SIGN_ELECTING.includes(method),
+    seed: RANDOM.includes(method),
+  };
+  for (const [option, used] of Object.entries(uses)) {
+    if (!used && options[option as keyof WeightedAdapterOptions] !== undefined) {
+      throw new RangeError(`${where}: combinationType "${method}" does not use options.${option}.`);
+    }
+  }
+  if (uses.density) checkDensity(where, method, options.density);
+  const majoritySignMethod = options.majoritySignMethod ?? "total";
+  if (majoritySignMethod !== "total" && majoritySignMethod !== "frequency") {
+    throw new RangeError(`${where}: majoritySignMethod must be "total" or "frequency"; got "${majoritySignMethod}".`);
+  }
+  if (options.seed !== undefined && !Number.isInteger(options.seed)) {
+    throw new RangeError(`${where}: seed must be an integer; got ${options.seed}.`);
+  }
+
+  // The layers the new adapter covers, and which sources are present in each.
+  const layers: LayerPlan[] = [];
+  for (const [module, layer] of loraLayers(model)) {
+    const parts = adapters.flatMap((name, index) => {
+      const lora = layer.adapters.get(name);
+      return lora === undefined ? [] : [{ index, weight: weights[index], lora }];
+    });
+    if (parts.length > 0) layers.push({ module, layer, parts, rank: 0 });
+  }
+  for (const { module, parts } of layers) {
+    for (const { index, lora } of parts) {
+      if (lora instanceof DoRALayer) {
+        throw new Error(
+          `${where}: adapter "${adapters[index]}" is a DoRA adapter (it has a magnitude vector m, in ${module}); ` +
+            "combining DoRA adapters is not supported, since a sum of their low-rank parts drops the magnitudes.",
+        );
+      }
+    }
+  }
+  if (EQUAL_RANKS.includes(method)) {
+    for (const { module, parts } of layers) {
+      const odd = parts.find((p) => p.lora.rank !== parts[0].lora.rank);
+      if (odd !== undefined) {
+        throw new Error(
+          `${where}: combinationType "${method}" needs adapters of equal rank, but in ${module} ` +
+            `"${adapters[parts[0].index]}" has rank ${parts[0].lora.rank} and "${adapters[odd.index]}" rank ` +
+            `${odd.lora.rank}; use "cat" or a method ending in "svd".`,
+        );
+      }
+    }
+  }
+
+  // Each source's rank is its largest over the layers it covers (PEFT: r, or the largest of a rank pattern).
+  const sourceRank = adapters.map((name) =>
+    Math.max(...layers.flatMap(({ layer }) => layer.adapters.has(name) ? [layer.adapters.get(name)!.rank] : []))
+  );
+  if (method === "cat") {
+    const total = sourceRank.reduce((a, b) => a + b, 0);
+    for (const plan of layers) plan.rank = Math.min(total, maxRank(plan.layer));
+  } else if (isSvd) {
+    const rank = options.svdRank ?? Math.max(...sourceRank);
+    const given = options.svdRank === undefined ? `the default svdRank (the largest source rank, ${rank})` : "svdRank";
+    if (!Number.isInteger(rank) || rank < 1) {
+      throw new RangeError(`${where}: svdRank must be a positive integer; got ${rank}.`);
+    }
+    for (const plan of layers) {
+      if (rank > maxRank(plan.layer)) {
+        const { inFeatures, outFeatures } = plan.layer.linear;
+        throw new RangeError(
+          `${where}: ${given} is ${rank}, more than ${plan.module} (${inFeatures}×${outFeatures}) can hold: a LoRA ` +
+            `rank is at most min(in, out) = ${maxRank(plan.layer)}; pass a smaller svdRank.`,
+        );
+      }
+      plan.rank = rank;
+    }
+  } else {
+    for (const plan of layers) plan.rank = plan.parts[0].lora.rank;
+  }
+  const first = layers.find(({ layer }) => layer.adapters.has(adapters[0]))!.layer.adapters.get(adapters[0])!;
+  return {
+    method,
+    rule,
+    density: options.density ?? 1,
+    majoritySignMethod,
+    convention: first.convention,
+    layers,
+  };
+}
+
+/** The merge rule behind a combination type (`svd` is the weighted sum); `cat` has none. */
+function mergeRule(method: CombinationType): MergeRule {
+  if (method === "svd" || method === "cat") return "linear";
+  return method.replace(/_svd$/, "") as MergeRule;
+}
+
+/** The largest rank a LoRA adapter on `layer` may have. */
+function maxRank(layer: LinearWithAdapters): number {
+  return Math.min(layer.linear.inFeatures, layer.linear.outFeatures);
+}
+
+/** Throws unless `density` is a number in (0, 1]. */
+function checkDensity(where: string, method: string, density: number | undefined): void {
+  if (typeof density !== "number" || !(density > 0 && density <= 1)) {
+    throw new RangeError(
+      `${where}: "${method}" needs options.density, the fraction of entries kept, in (0, 1]; got ${density}.`,
+    );
+  }
+}
+
+/** The new A (`[in, rank]`) and B (`[rank, out]`) of one layer, row-major, in float64. */
+function combineLayer(plan: Plan, layerPlan: LayerPlan, random: () => number): { a: Float64Array; b: Float64Array } {
+  const { layer, parts, rank } = layerPlan;
+  const [m, n] = [layer.linear.inFeatures, layer.linear.outFeatures];
+  const read = ({ lora }: Part) => ({
+    a: Float64Array.from(lora.A.dataSync()),
+    b: Float64Array.from(lora.B.dataSync()),
+    r: lora.rank,
+    s: lora.scaling,
+  });
+  const sources = parts.map(read);
+  const options = { density: plan.density, majoritySignMethod: plan.majoritySignMethod, random };
+
+  if (plan.method === "cat") {
+    const total = sources.reduce((sum, { r }) => sum + r, 0);
+    if (total > rank) {
+      // More columns than the layer allows: the exact sum, refactored (its rank is at most min(in, out) = rank).
+      const sum = new Float64Array(m * n);
+      sources.forEach(({ a, b, r, s }, i) => addProduct(sum, a, b, m, r, n, parts[i].weight * s));
+      return factorize(sum, m, n, rank);
+    }
+    const a = new Float64Array(m * rank), b = new Float64Array(rank * n);
+    let offset = 0;
+    sources.forEach(({ a: ai, b: bi, r, s }, i) => {
+      const c = parts[i].weight * s;
+      for (let row = 0; row < m; row++) {
+        for (let k = 0; k < r; k++) a[row * rank + offset + k] = c * ai[row * r + k];
+      }
+      b.set(bi, offset * n);
+      offset += r;
+    });
+    return { a, b };
+  }
+
+  if (plan.method.endsWith("svd")) {
+    const updates = sources.map(({ a, b, r, s }) => addProduct(new Float64Array(m * n), a, b, m, r, n, s));
+    const merged = mergeTaskTensors(plan.rule, updates, parts.map((p) => p.weight), options);
+    return factorize(merged, m, n, rank);
+  }
+
+  // linear, ties, dare_linear, dare_ties, magnitude_prune: A's and B's merged separately, as PEFT does.
+  const c = sources.map(({ s }, i) => parts[i].weight * s);
+  return {
+    a: mergeTaskTensors(
+      plan.rule,
+      sources.map((x) => x.a),
+      c.map((ci) => Math.sign(ci) * Math.sqrt(Math.abs(ci))),
+      options,
+    ),
+    b: mergeTaskTensors(plan.rule, sources.map((x) => x.b), c.map((ci) => Math.sqrt(Math.abs(ci))), options),
+  };
+}
+
+/** `out += scale · a·b` for row-major `a` (`[m, r]`) and `b` (`[r, n]`); returns `out`. */
+function addProduct(
+  out: Float64Array,
+  a: Float64Array,
+  b: Float64Array,
+  m: number,
+  r: number,
+  n: number,
+  scale: number,
+): Float64Array {
+  for (let i = 0; i < m; i++) {
+    for (let k = 0; k < r; k++) {
+      const aik = scale * a[i * r + k];
+      if (aik === 0) continue;
+      for (let j = 0; j < n; j++) out[i * n + j] += aik * b[k * n + j];
+    }
+  }
+  return out;
+}
+
+/** The top `rank` singular triplets of `matrix` (`[m, n]`, row-major) as `A = U` and `B = diag(σ)·Vᵀ`. */
+function factorize(matrix: Float64Array, m: number, n: number, rank: number): { a: Float64Array; b: Float64Array } {
+  const { u, s, v } = svd(Array.from({ length: m }, (_, i) => Array.from(matrix.subarray(i * n, (i + 1) * n))));
+  const a = new Float64Array(m * rank), b = new Float64Array(rank * n);
+  for (let i = 0; i < m; i++) for (let k = 0; k < rank; k++) a[i * rank + k] = u[i][k];
+  for (let k = 0; k < rank; k++) for (let j = 0; j < n; j++) b[k * n + j] = s[k] * v[j][k];
+  return { a, b };
+}
+
+/** `t` with all but its `⌊density·n⌋` largest-magnitude entries set to 0 (PEFT's `magnitude_based_pruning`). */
+function trimByMagnitude(t: Float64Array, density: number): Float64Array {
+  if (density >= 1) return t;
+  const keep = Math.floor(density * t.length);
+  const order = Array.from(t.keys()).sort((i, j) => Math.abs(t[j]) - Math.abs(t[i]) || i - j);
+  const out = new Float64Array(t.length);
+  for (const i of order.slice(0, keep)) out[i] = t[i];
+  return out;
+}
+
+/** `t` with each entry kept with probability `density` and divided by it, or else 0 (PEFT's `random_pruning`). */
+function dropAndRescale(t: Float64Array, density: number, random: () => number): Float64Array {
+  if (density >= 1) return t;
+  return t.map((x) => (random() < density ? x / density : 0));
+}
