@@ -20,7 +20,15 @@ import {
   setAdapter,
   trainableVariables,
 } from "../lib/mod.ts";
-import { assert, assertBitIdentical, assertEquals, assertNoLeak, assertRejects, assertThrows } from "./assert.ts";
+import {
+  assert,
+  assertBitIdentical,
+  assertClose,
+  assertEquals,
+  assertNoLeak,
+  assertRejects,
+  assertThrows,
+} from "./assert.ts";
 
 import { assertUnchanged, FIXTURES, input, mlp, randomize, small, snapshot } from "./fixtures.ts";
 
@@ -214,14 +222,44 @@ Deno.test("target_modules match as PEFT matches them: the whole name or a dotted
   source.dispose();
 });
 
-Deno.test("adapterToFiles refuses unknown names and adapters whose layers differ in rank", async () => {
+Deno.test("layers of different ranks and alphas: PEFT's rank_pattern and alpha_pattern, written and read", async () => {
   const model = addLoRA(small(), { rank: 2, alpha: 2, targetModules: ["layers.0"] });
-  addAdapter(model, "uneven", { rank: 1, alpha: 2, targetModules: ["layers.2"] });
-  addAdapter(model, "uneven2", { rank: 2, alpha: 2, targetModules: ["layers.4"] });
-  (model.layers[0] as LinearWithAdapters).addAdapter("uneven2", 3, 2);
+  addAdapter(model, "uneven", { rank: 2, alpha: 2, targetModules: ["layers.4"], seed: 3 });
+  (model.layers[0] as LinearWithAdapters).addAdapter("uneven", 3, 5, { seed: 4 });
+  randomize(model, "uneven", 9);
   await assertRejects(() => adapterToFiles(model, "nope"), Error, /no adapter "nope"; it has "default"/);
-  await assertRejects(() => adapterToFiles(model, "uneven2"), Error, /rank 2, alpha 2 \(tutorial\) in layers.4/);
-  model.dispose();
+  const files = await adapterToFiles(model, "uneven");
+  const config = JSON.parse(files.config);
+  // The first layer (layers.0, rank 3, alpha 5) sets r and lora_alpha; PEFT's lora_alpha is the tutorial's alpha·r.
+  assertEquals([config.r, config.lora_alpha], [3, 15]);
+  assertEquals([config.rank_pattern, config.alpha_pattern], [{ "layers.4": 2 }, { "layers.4": 4 }]);
+  const served = small();
+  adapterFromFiles(served, files, "uneven");
+  const x = input(4, 20);
+  setAdapter(model, "uneven");
+  const [a, b] = [model.apply(x), served.apply(x)];
+  assertBitIdentical(b, a, "reloaded outputs");
+  const layers = loraLayers(served).map(([name, layer]) => [name, layer.lora.rank, layer.lora.alpha]);
+  assertEquals(layers, [["layers.0", 3, 5], ["layers.4", 2, 2]]);
+  // A file as PEFT would write it (no metadata): the patterns give each layer its rank and PEFT's scaling.
+  const { tensors } = decodeSafetensors(files.safetensors);
+  const peftFiles = { config: files.config, safetensors: encodeSafetensors(tensors) };
+  const fromPeft = small();
+  adapterFromFiles(fromPeft, peftFiles, "uneven");
+  const scalings = loraLayers(fromPeft).map(([, layer]) => [layer.lora.rank, layer.lora.scaling]);
+  assertEquals(scalings, [[3, 5], [2, 2]]);
+  const c = fromPeft.apply(x);
+  assertClose(c, a, 1e-6, "PEFT-style file");
+  // Layers must still share convention: one config holds one.
+  addAdapter(model, "mixed", { rank: 2, alpha: 2, targetModules: ["layers.0"] });
+  addAdapter(model, "mixed", { rank: 2, alpha: 2, scaling: "paper", targetModules: ["layers.2"] });
+  await assertRejects(
+    () => adapterToFiles(model, "mixed"),
+    Error,
+    /convention paper in layers.2 but convention tutorial/,
+  );
+  tf.dispose([x, a, b, c]);
+  [model, served, fromPeft].forEach((m) => m.dispose());
 });
 
 // Corrupt and mismatched adapter files -------------------------------------------------------------------------
@@ -277,7 +315,19 @@ Deno.test("corrupt or mismatched adapter files: a clear error each, the model ex
       "config rank disagrees with the tensors",
       withConfig(good, (c) => c.r = 4),
       RangeError,
-      /config says r = 4 but layers.0 has lora_A \[2,20\] and lora_B \[16,2\]/,
+      /config says r = 4 for layers.0, but it has lora_A \[2,20\] and lora_B \[16,2\]/,
+    ],
+    [
+      "a rank_pattern that disagrees with the tensors",
+      withConfig(good, (c) => c.rank_pattern = { "layers\\.2": 3 }),
+      RangeError,
+      /config says r = 3 for layers.2, but it has lora_A \[2,16\]/,
+    ],
+    [
+      "a rank_pattern that is not a map of ranks",
+      withConfig(good, (c) => c.rank_pattern = { "layers.2": 0 }),
+      RangeError,
+      /rank_pattern \{"layers.2":0\}; expected module names mapped to positive integers/,
     ],
     [
       "targets select a module with no tensors",
@@ -322,13 +372,13 @@ Deno.test("corrupt or mismatched adapter files: a clear error each, the model ex
       "scaling in config disagrees with the metadata",
       withConfig(good, (c) => c.lora_alpha = 5),
       Error,
-      /config's scaling \(lora_alpha 5, r 2\) is 2.5, but the metadata's alpha 2 \(tutorial\) gives 2/,
+      /config's scaling for layers.0 \(lora_alpha 5, r 2\) is 2.5, but the metadata's alpha 2 \(tutorial\) gives 2/,
     ],
     [
       "metadata convention the config forbids",
       withConfig(good, (c) => c.use_rslora = true),
       Error,
-      /metadata records convention "tutorial", alpha 2, which the config \(use_rslora: true\) does not allow/,
+      /metadata records convention "tutorial", alpha 2 for layers.0, which the config \(use_rslora: true\) does not allow/,
     ],
     [
       "missing key",

@@ -10,13 +10,23 @@
 import * as tf from "@tensorflow/tfjs";
 import { DoRALayer } from "../dora.ts";
 import { Linear } from "../layers.ts";
-import { type LoRAInit, type LoRALayer, loraScaling, type ScalingConvention } from "../lora.ts";
+import type { LoRAInit } from "../lora.ts";
 import { getModule, type Module } from "../module.ts";
 import { decodeSafetensors, encodeSafetensors, type StoredTensor, type TensorData } from "../safetensors.ts";
 import { assignFrom, transpose2d } from "../weights.ts";
 import { checkAdapterName, LinearWithAdapters, listNames } from "./layer.ts";
+import {
+  ADAPTER_CONFIG_FILE,
+  ADAPTER_WEIGHTS_FILE,
+  layerRank,
+  type LayerSettings,
+  layerSettings,
+  MAGNITUDE,
+  readConfig,
+  writeConfig,
+} from "./config.ts";
 import { attachWrappers, keepingWeights, loraLayers, requireAdapter } from "./model.ts";
-import { findTargets, matchesTarget, type TargetModules } from "./targets.ts";
+import { findTargets, matchesTarget } from "./targets.ts";
 
 /** The two files PEFT's `save_pretrained` writes for one adapter, as bytes and text. */
 export interface AdapterFiles {
@@ -27,55 +37,15 @@ export interface AdapterFiles {
 }
 
 /**
- * The fields of PEFT's `LoraConfig` that this library writes and reads. PEFT's scaling is
- * `lora_alpha / r`, or `lora_alpha / sqrt(r)` with `use_rslora`.
- */
-export interface LoraConfig {
-  /** Always `"LORA"`. */
-  peft_type: "LORA";
-  /** The rank. */
-  r: number;
-  /** PEFT's alpha: the tutorial's `alpha·r`, or the paper's and rsLoRA's `alpha` as is. */
-  lora_alpha: number;
-  /** Module names the adapter applies to, such as `layers.0`, or one regular expression (see `TargetModules`). */
-  target_modules: TargetModules;
-  /** Whether scaling is `lora_alpha / sqrt(r)`. */
-  use_rslora: boolean;
-  /** Other PEFT fields, written with PEFT's defaults. */
-  [field: string]: unknown;
-}
-
-/** File names inside an adapter folder, as PEFT names them. */
-const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
-const ADAPTER_CONFIG_FILE = "adapter_config.json";
-
-/** The key of a DoRA magnitude after the module name, as PEFT writes it (`save_and_load.py`). */
-const MAGNITUDE = "lora_magnitude_vector";
-
-/**
- * The `init_lora_weights` strings a file may carry: those after which PEFT's loader only overwrites A and B
- * (`"eva"` fills A from data, but leaves the base alone), and PiSSA, whose residual is recomputed here.
- */
-const READABLE_INITS = ["gaussian", "eva", "pissa"];
-
-/** PEFT's `init_lora_weights` for a start of this library: its own names, `true` for the other random ones. */
-function peftInit(init: LoRAInit): boolean | string {
-  return init === "gaussian" || init === "pissa" ? init : true;
-}
-
-/** Keys under which this library records its own scaling convention in the safetensors metadata. */
-const CONVENTION_KEY = "lora_scaling_convention";
-const ALPHA_KEY = "lora_alpha_as_given";
-
-/**
  * Adapter `adapterName` of `model` in PEFT's layout, as bytes and text.
  *
  * Tensors are named `base_model.model.<module>.lora_A.weight`, shape `[r, in]`, and `…lora_B.weight`,
  * shape `[out, r]`: the transposes of this library's A (`[in, r]`) and B (`[r, out]`), because PyTorch
  * stores a linear map as `[out, in]`. The config's `lora_alpha` is chosen so that PEFT computes the same
- * scaling (see {@linkcode LoraConfig}); the safetensors metadata also records this library's convention and
- * alpha, so that loading here restores them exactly. Every layer of the adapter must share rank, alpha,
- * convention, DoRA or not, and start (`init`), since the config has one of each.
+ * scaling (see `writeConfig` in `config.ts`); the safetensors metadata also records this library's convention
+ * and alpha, so that loading here restores them exactly. Layers may differ in rank and alpha (PEFT's
+ * `rank_pattern` and `alpha_pattern` record it); they must share convention, DoRA or not, and start (`init`),
+ * since the config has one of each.
  *
  * A DoRA adapter is written as PEFT writes one (`utils/save_and_load.py`, `get_peft_model_state_dict`, which
  * drops the `.weight` of PEFT's `lora_magnitude_vector.<adapter>.weight` parameter):
@@ -107,24 +77,7 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
   requireAdapter(model, adapterName, "adapterToFiles");
   const layers = loraLayers(model).filter(([, layer]) => layer.adapters.has(adapterName));
   const loras = layers.map(([module, layer]) => [module, layer.adapters.get(adapterName)!] as const);
-  const [, first] = loras[0];
-  const describe = (lora: LoRALayer) =>
-    `rank ${lora.rank}, alpha ${lora.alpha} (${lora.convention})${lora instanceof DoRALayer ? ", DoRA" : ""}` +
-    (peftInit(lora.init) === true ? "" : `, init_lora_weights ${JSON.stringify(peftInit(lora.init))}`);
-  for (const [module, lora] of loras) {
-    if (describe(lora) !== describe(first)) {
-      throw new Error(
-        `adapterToFiles: adapter "${adapterName}" has ${describe(lora)} in ${module} but ${describe(first)} in ` +
-          `${loras[0][0]}; PEFT's config holds one of each.`,
-      );
-    }
-    if (lora instanceof DoRALayer && lora.normAxis !== "output") {
-      throw new Error(
-        `adapterToFiles: adapter "${adapterName}" is DoRA with one magnitude per input unit (normAxis "input") in ` +
-          `${module}; PEFT's DoRA files hold one per output unit (lora_magnitude_vector [out]), so it cannot be saved.`,
-      );
-    }
-  }
+  const { config, metadata } = writeConfig(loras, adapterName);
   const tensors = new Map<string, TensorData>();
   for (const [module, lora] of loras) {
     tensors.set(`base_model.model.${module}.lora_A.weight`, transpose2d(await lora.A.data(), lora.A.shape));
@@ -136,25 +89,6 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
       });
     }
   }
-  const { rank, alpha, convention } = first;
-  const config: LoraConfig = {
-    peft_type: "LORA",
-    task_type: null,
-    base_model_name_or_path: null,
-    r: rank,
-    lora_alpha: convention === "tutorial" ? alpha * rank : alpha,
-    use_rslora: convention === "rslora",
-    target_modules: loras.map(([module]) => module),
-    lora_dropout: 0,
-    bias: "none",
-    fan_in_fan_out: false,
-    init_lora_weights: peftInit(first.init),
-    inference_mode: true,
-    modules_to_save: null,
-    // PEFT writes use_dora always; its loader reads a missing one as false, so plain LoRA files leave it out.
-    ...(first instanceof DoRALayer ? { use_dora: true } : {}),
-  };
-  const metadata = { format: "pt", [CONVENTION_KEY]: convention, [ALPHA_KEY]: String(alpha) };
   return { safetensors: encodeSafetensors(tensors, metadata), config: JSON.stringify(config, null, 2) + "\n" };
 }
 
@@ -165,7 +99,7 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  *
  * Everything is checked before the model is touched, and any problem throws an error that names it, with
  * the model left exactly as it was: a malformed safetensors file (see `decodeSafetensors`), a config that
- * is not PEFT LoRA JSON or asks for what this library does not do (rank or alpha patterns, starts such as
+ * is not PEFT LoRA JSON or asks for what this library does not do (`fan_in_fan_out`, starts such as
  * `"olora"` or `"loftq"` that change the base weight), keys that are missing, unexpected or name no linear
  * layer, `target_modules` or `r` that disagree with the tensors, shapes that do not fit the layers, or a
  * name already in use. F16 and BF16 tensors become float32. Without this library's metadata (a file PEFT
@@ -192,7 +126,7 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  */
 export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName = "default"): void {
   checkAdapterName(adapterName);
-  const config = parseConfig(files.config);
+  const config = readConfig(files.config);
   const { tensors, metadata } = decodeSafetensors(files.safetensors);
   const linear = findTargets(model, {}, "loadAdapter"); // every linear layer, wrapped or not
 
@@ -250,10 +184,11 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
     }
   }
 
-  // Shapes: A is [r, in] and B is [out, r] in the file.
-  const r = config.r;
+  // Shapes: A is [r, in] and B is [out, r] in the file, with r from rank_pattern or the config's r.
   const layers = new Map(selected.map((module) => [module, getModule(model, module) as Linear | LinearWithAdapters]));
+  const settings = new Map<string, LayerSettings>();
   for (const [module, layer] of layers) {
+    const r = layerRank(config, module);
     const base = layer instanceof LinearWithAdapters ? layer.linear : layer;
     if (!(base instanceof Linear)) {
       throw new Error(`loadAdapter: ${module} is a ${layer.constructor.name}, which holds no named adapters.`);
@@ -261,7 +196,7 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
     const { A, B } = byModule.get(module) as Record<"A" | "B", StoredTensor>; // both present, checked above
     if (A.shape.length === 2 && B.shape.length === 2 && (A.shape[0] !== r || B.shape[1] !== r)) {
       throw new RangeError(
-        `loadAdapter: the config says r = ${r} but ${module} has lora_A [${A.shape}] and lora_B [${B.shape}].`,
+        `loadAdapter: the config says r = ${r} for ${module}, but it has lora_A [${A.shape}] and lora_B [${B.shape}].`,
       );
     }
     const [wantA, wantB] = [[r, base.inFeatures], [base.outFeatures, r]];
@@ -298,9 +233,8 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
           "call unmergeAdapter first.",
       );
     }
+    settings.set(module, layerSettings(config, metadata, module));
   }
-
-  const { alpha, convention } = readScaling(config, metadata);
 
   // Everything checked: build the adapters, then attach them. (Should a step still fail, what was built is
   // undone and PiSSA's residuals are put back.)
@@ -310,11 +244,13 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
   const init: LoRAInit | undefined = config.init_lora_weights === "pissa" || config.init_lora_weights === "gaussian"
     ? config.init_lora_weights
     : undefined;
-  const options = { scaling: convention, adapterName, useDora: config.use_dora === true, init };
+  const useDora = config.use_dora === true;
   const plain = [...layers.values()].filter((layer): layer is Linear => layer instanceof Linear);
   keepingWeights(init === "pissa" ? plain : [], () => {
     try {
       for (const [module, layer] of layers) {
+        const { rank: r, alpha, convention } = settings.get(module)!;
+        const options = { scaling: convention, adapterName, useDora, init };
         let lora;
         if (layer instanceof LinearWithAdapters) {
           lora = layer.addAdapter(adapterName, r, alpha, options);
@@ -392,88 +328,4 @@ export async function loadAdapter(model: Module, dir: string, adapterName = "def
     Deno.readTextFile(`${dir}/${ADAPTER_CONFIG_FILE}`),
   ]);
   adapterFromFiles(model, { safetensors, config }, adapterName);
-}
-
-function parseConfig(text: string): LoraConfig {
-  const where = `loadAdapter: ${ADAPTER_CONFIG_FILE}`;
-  let config: unknown;
-  try {
-    config = JSON.parse(text);
-  } catch (error) {
-    throw new SyntaxError(`${where} is not valid JSON (${(error as Error).message}).`);
-  }
-  if (typeof config !== "object" || config === null || Array.isArray(config)) {
-    throw new SyntaxError(`${where} must hold a JSON object.`);
-  }
-  const c = config as Record<string, unknown>;
-  if (c.peft_type !== "LORA") {
-    throw new Error(`${where} has peft_type ${JSON.stringify(c.peft_type)}; expected "LORA".`);
-  }
-  if (!Number.isInteger(c.r) || (c.r as number) <= 0) {
-    throw new RangeError(`${where} has r = ${JSON.stringify(c.r)}; expected a positive integer.`);
-  }
-  if (typeof c.lora_alpha !== "number" || !Number.isFinite(c.lora_alpha)) {
-    throw new RangeError(`${where} has lora_alpha = ${JSON.stringify(c.lora_alpha)}; expected a finite number.`);
-  }
-  const targets = c.target_modules;
-  if (!(typeof targets === "string" || (Array.isArray(targets) && targets.every((t) => typeof t === "string")))) {
-    throw new Error(
-      `${where} has target_modules ${JSON.stringify(targets)}; expected a list of names or a regular expression.`,
-    );
-  }
-  for (const flag of ["use_rslora", "use_dora"]) {
-    if (c[flag] !== undefined && c[flag] !== null && typeof c[flag] !== "boolean") {
-      throw new Error(`${where} has ${flag} ${JSON.stringify(c[flag])}; expected true or false.`);
-    }
-  }
-  const init = c.init_lora_weights;
-  if (
-    !(init === undefined || typeof init === "boolean" || (typeof init === "string" && READABLE_INITS.includes(init)))
-  ) {
-    throw new Error(
-      `${where} has init_lora_weights ${JSON.stringify(init)}; this library reads true, false, ` +
-        `${
-          READABLE_INITS.map((i) => `"${i}"`).join(", ")
-        } (the starts that leave the base weight as it is, and PiSSA).`,
-    );
-  }
-  const unsupported = [
-    ["fan_in_fan_out", c.fan_in_fan_out === true],
-    ["rank_pattern", isNonEmptyObject(c.rank_pattern)],
-    ["alpha_pattern", isNonEmptyObject(c.alpha_pattern)],
-  ].filter(([, used]) => used).map(([field]) => field);
-  if (unsupported.length > 0) throw new Error(`${where} uses ${unsupported.join(", ")}, which this library does not.`);
-  return { ...c, use_rslora: c.use_rslora === true } as LoraConfig;
-}
-
-/** This library's alpha and convention for a PEFT config, refined by our own metadata when present. */
-function readScaling(
-  config: LoraConfig,
-  metadata: Record<string, string>,
-): { alpha: number; convention: ScalingConvention } {
-  const peftConvention: ScalingConvention = config.use_rslora ? "rslora" : "paper";
-  const recorded = metadata[CONVENTION_KEY];
-  if (recorded === undefined) return { alpha: config.lora_alpha, convention: peftConvention };
-  const alpha = Number(metadata[ALPHA_KEY]);
-  const convention = recorded as ScalingConvention;
-  const fits = (convention === "tutorial" && !config.use_rslora) || convention === peftConvention;
-  if (!fits || !Number.isFinite(alpha)) {
-    throw new Error(
-      `loadAdapter: the safetensors metadata records convention "${recorded}", alpha ${metadata[ALPHA_KEY]}, ` +
-        `which the config (use_rslora: ${config.use_rslora}) does not allow.`,
-    );
-  }
-  const peftScaling = config.use_rslora ? config.lora_alpha / Math.sqrt(config.r) : config.lora_alpha / config.r;
-  const ours = loraScaling(alpha, config.r, convention);
-  if (Math.abs(ours - peftScaling) > 1e-6 * Math.max(1, Math.abs(peftScaling))) {
-    throw new Error(
-      `loadAdapter: the config's scaling (lora_alpha ${config.lora_alpha}, r ${config.r}) is ${peftScaling}, but ` +
-        `the metadata's alpha ${alpha} (${convention}) gives ${ours}.`,
-    );
-  }
-  return { alpha, convention };
-}
-
-function isNonEmptyObject(value: unknown): boolean {
-  return typeof value === "object" && value !== null && Object.keys(value).length > 0;
 }

@@ -4,9 +4,12 @@
  *
  * - {@link ./layer.ts}: `LinearWithAdapters`, PEFT's LoRA layer with named adapters.
  * - {@link ./targets.ts}: `target_modules` matching (names, dotted suffixes, regular expressions, `"all-linear"`).
- * - {@link ./model.ts}: `addLoRA` and the model-wide adapter operations.
- * - {@link ./files.ts}: `saveAdapter` / `loadAdapter` in PEFT's `adapter_model.safetensors` + `adapter_config.json`.
- * - {@link ./combine.ts}: `addWeightedAdapter`, several adapters combined into one (cat, svd, TIES, DARE, …).
+ * - {@link ./model.ts}: `addLoRA` and the model-wide adapter operations (add, select, disable, delete).
+ * - {@link ./serve.ts}: merging in place, `mergeAndUnload`, mixed-adapter batches.
+ * - {@link ./files.ts}: `saveAdapter` / `loadAdapter` in PEFT's `adapter_model.safetensors` + `adapter_config.json`;
+ *   {@link ./config.ts}: the config, with per-layer ranks and alphas (`rank_pattern`, `alpha_pattern`).
+ * - {@link ./combine.ts}: `addWeightedAdapter`, several adapters combined into one (cat, svd, TIES, DARE, …);
+ *   {@link ./merge_utils.ts}: the merge rules it uses.
  *
  * @example Two adapters on one base, one of them saved in PEFT's format
  * ```ts
@@ -29,32 +32,15 @@ export {
   addAdapter,
   addLoRA,
   type AddLoRAOptions,
-  applyMixedBatch,
   deleteAdapter,
   disableAdapters,
   enableAdapters,
   listAdapters,
   loraLayers,
-  mergeAdapter,
-  mergeAndUnload,
   setAdapter,
-  unmergeAdapter,
 } from "./model.ts";
-export {
-  type AdapterFiles,
-  adapterFromFiles,
-  adapterToFiles,
-  loadAdapter,
-  type LoraConfig,
-  saveAdapter,
-} from "./files.ts";
-export {
-  addWeightedAdapter,
-  COMBINATION_TYPES,
-  type CombinationType,
-  type MajoritySignMethod,
-  type MergeOptions,
-  type MergeRule,
-  mergeTaskTensors,
-  type WeightedAdapterOptions,
-} from "./combine.ts";
+export { applyMixedBatch, mergeAdapter, mergeAndUnload, unmergeAdapter } from "./serve.ts";
+export { type AdapterFiles, adapterFromFiles, adapterToFiles, loadAdapter, saveAdapter } from "./files.ts";
+export { layerRank, type LayerSettings, layerSettings, type LoraConfig, readConfig, writeConfig } from "./config.ts";
+export { addWeightedAdapter, COMBINATION_TYPES, type CombinationType, type WeightedAdapterOptions } from "./combine.ts";
+export { type MajoritySignMethod, type MergeOptions, type MergeRule, mergeTaskTensors } from "./merge_utils.ts";
