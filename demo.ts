@@ -3,6 +3,7 @@
  * three linear layers with the base frozen, and check that the merged and unmerged forms agree.
  *
  *     deno task demo [--epochs 2] [--lora-epochs N] [--backend wasm|cpu|webgpu|tensorflow] [--seed 123]
+ *                    [--limit N]   # only the first N training and N test images (a quick check)
  *
  * Progress goes to a terminal as one updating line; piped output gets one line per epoch.
  *
@@ -33,23 +34,27 @@ const { values: args } = parseArgs({
     "lora-epochs": { type: "string" },
     backend: { type: "string" },
     seed: { type: "string", default: "123" },
+    limit: { type: "string" },
     help: { type: "boolean", default: false },
   },
 });
 if (args.help) {
-  console.log("deno task demo [--epochs 2] [--lora-epochs N] [--backend wasm|cpu|webgpu|tensorflow] [--seed 123]");
+  console.log(
+    "deno task demo [--epochs 2] [--lora-epochs N] [--backend wasm|cpu|webgpu|tensorflow] [--seed 123] [--limit N]",
+  );
   Deno.exit(0);
 }
 const epochs = integerFlag("--epochs", args.epochs!, 1);
 const loraEpochs = integerFlag("--lora-epochs", args["lora-epochs"] ?? args.epochs!, 1);
 const seed = integerFlag("--seed", args.seed!, 0);
+const limit = args.limit === undefined ? undefined : integerFlag("--limit", args.limit, 1);
 
 // The tutorial's hyperparameters.
 const [numFeatures, numHidden1, numHidden2, numClasses] = [784, 128, 256, 10];
 const [learningRate, batchSize, rank, alpha] = [0.005, 64, 4, 8];
 
 const backend = await initBackend(args.backend);
-const { train: trainSet, test: testSet } = await loadMnist();
+const { train: trainSet, test: testSet } = await loadMnist({ limit });
 const trainLoader = new DataLoader(trainSet, { batchSize, shuffle: true, seed });
 const testLoader = new DataLoader(testSet, { batchSize: 1000 });
 console.log(
