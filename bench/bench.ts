@@ -486,7 +486,7 @@ function formatReport(r: BackendReport): string {
     `### ${r.backend}`,
     "",
     `${m.cpu}, ${m.cores} cores, ${m.os}, Deno ${m.deno}, TensorFlow.js ${m.tfjs}, ${m.date.slice(0, 16)}Z, ` +
-      `load average ${m.loadAverage ?? "?"} at start. Batch ${r.settings.batch}; medians of ${r.settings.runs} ` +
+      `load average ${m.loadAverage?.toFixed(2) ?? "?"} at start. Batch ${r.settings.batch}; medians of ${r.settings.runs} ` +
       `runs of ${r.settings.stepsPerRun} steps after ${r.settings.warmupSteps} warm-up steps, min–max in brackets.`,
     "",
     "| training | trainable params | params + Adam bytes | vs full | peak tf.memory | kernels/step | steps/s | step ms | step time vs full |",
@@ -655,7 +655,7 @@ async function runMlp(options: Options): Promise<void> {
   if (options.json) {
     console.log(JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2));
   } else {
-    console.log(`Acceptance figures (${wasm.backend}):\n${checks(wasm).map((c) => `  ${c}`).join("\n")}`);
+    console.log(`Targets (${wasm.backend}):\n${checks(wasm).map((c) => `  ${c}`).join("\n")}`);
   }
   if (options.save) {
     const dir = new URL(".", import.meta.url);
