@@ -482,11 +482,12 @@ const range = (s: Spread, digits = 1) => `${fmt(s.min, digits)}–${fmt(s.max, d
 function formatReport(r: BackendReport): string {
   const lines: string[] = [];
   const m = r.machine;
+  const load = m.loadAverage?.toFixed(2) ?? "?";
   lines.push(
     `### ${r.backend}`,
     "",
     `${m.cpu}, ${m.cores} cores, ${m.os}, Deno ${m.deno}, TensorFlow.js ${m.tfjs}, ${m.date.slice(0, 16)}Z, ` +
-      `load average ${m.loadAverage?.toFixed(2) ?? "?"} at start. Batch ${r.settings.batch}; medians of ${r.settings.runs} ` +
+      `load average ${load} at start. Batch ${r.settings.batch}; medians of ${r.settings.runs} ` +
       `runs of ${r.settings.stepsPerRun} steps after ${r.settings.warmupSteps} warm-up steps, min–max in brackets.`,
     "",
     "| training | trainable params | params + Adam bytes | vs full | peak tf.memory | kernels/step | steps/s | step ms | step time vs full |",
