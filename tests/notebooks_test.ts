@@ -149,17 +149,19 @@ Deno.test("notebooks: cells become one module, with relative imports made absolu
 });
 
 Deno.test("notebooks/support/source: extracts tested declarations and members from lib/", async () => {
-  const layers = await readLib("layers.ts");
-  const lora = extractDeclaration(layers, "LoRALayer");
+  const source = await readLib("lora.ts");
+  const lora = extractDeclaration(source, "LoRALayer");
   assert.match(lora.code, /^\/\*\*/);
-  assert.match(lora.code, /export class LoRALayer implements Module \{/);
+  assert.match(lora.code, /export class LoRALayer extends Module \{/);
   assert.match(lora.code, /\n\}$/);
-  assert.equal(layers.split("\n")[lora.first - 1], "/**");
-  const some = selectMembers(extractDeclaration(layers, "LinearWithLoRA"), ["apply", "merge"]);
-  assert.match(some.code, /^export class LinearWithLoRA/);
-  assert.ok(some.code.includes("\n  apply("));
+  assert.equal(source.split("\n")[lora.first - 1], "/**");
+  const peft = await readLib("peft/layer.ts");
+  const some = selectMembers(extractDeclaration(peft, "LinearWithAdapters"), ["apply", "merge"]);
+  assert.match(some.code, /^export class LinearWithAdapters/);
+  assert.ok(some.code.includes("\n  apply<"));
+  assert.ok(some.code.includes("\n  merge("));
   assert.ok(some.code.includes("\n  // …\n"));
-  assert.throws(() => extractDeclaration(layers, "NoSuchThing"), /no exported declaration named NoSuchThing/);
+  assert.throws(() => extractDeclaration(source, "NoSuchThing"), /no exported declaration named NoSuchThing/);
 });
 
 Deno.test("notebooks/support: plots are bare SVG with a PNG, tables and progress lines are plain text too", async () => {
