@@ -38,18 +38,14 @@ import {
 } from "../lib/mod.ts";
 import { formatGptReport, type GptReport, measureGpt } from "./gpt_bench.ts";
 import { renderStepsVsRank } from "./plot.ts";
+import { type Spread, spread } from "./timing.ts";
 
 /** The ranks compared: from 1 to well past what these layers need. */
 const RANKS = [1, 2, 4, 8, 16, 64] as const;
 const ALPHA = 8, LEARNING_RATE = 0.005, BATCH = 64, SEED = 123;
 
 /** Median, extremes and count of repeated measurements. */
-export interface Spread {
-  median: number;
-  min: number;
-  max: number;
-  runs: number;
-}
+export type { Spread } from "./timing.ts";
 
 /** Everything measured on one backend; the shape `--json` prints. */
 export interface BackendReport {
@@ -181,15 +177,6 @@ function parseArgs(args: string[]): Options {
     throw new Error("bench: --json prints one model's reports; pass --model=mlp or --model=gpt.");
   }
   return options;
-}
-
-/** Median, min, max of a list of numbers. */
-function spread(values: number[]): Spread {
-  if (values.length === 0) throw new RangeError("spread: no values to summarise.");
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  const median = sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-  return { median, min: sorted[0], max: sorted[sorted.length - 1], runs: sorted.length };
 }
 
 /** The median over runs of `a[run] / b[run]`: e.g. full's steps/s over LoRA's, which is LoRA's step time over full's. */

@@ -14,6 +14,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Adam, initBackend } from "../lib/mod.ts";
+import { timeCalls } from "./timing.ts";
 
 const backend = await initBackend(Deno.args[0]);
 
@@ -29,28 +30,10 @@ const PRODUCTS: [number, number, number, string][] = [
   [64, 256, 128, "dh1 = dy2·W2ᵀ"],
 ];
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const RUNS = 9, CALLS = 50;
 
 /** Median over RUNS of the mean time (ms) of CALLS calls of `f`, after a warm-up. */
-async function time(f: () => tf.Tensor | void): Promise<number> {
-  for (let i = 0; i < 10; i++) (f() as tf.Tensor | undefined)?.dispose();
-  const runs: number[] = [];
-  for (let r = 0; r < RUNS; r++) {
-    const start = performance.now();
-    let last: tf.Tensor | void = undefined;
-    for (let i = 0; i < CALLS; i++) {
-      (last as tf.Tensor | undefined)?.dispose();
-      last = f();
-    }
-    if (last) {
-      await last.data();
-      last.dispose();
-    }
-    runs.push((performance.now() - start) / CALLS);
-  }
-  return median(runs);
-}
+const time = (f: () => tf.Tensor | void) => timeCalls(f, { runs: RUNS, calls: CALLS, warmup: 10 });
 
 console.log(`${backend}: one full-finetuning step's matrix products at batch 64, medians of ${RUNS}×${CALLS} calls`);
 console.log("| product | shape | known weight ms | GFLOP/s | new weight ms | GFLOP/s |");

@@ -24,18 +24,14 @@ import {
   type TokenBatch,
   trainableVariables,
 } from "../lib/mod.ts";
+import { type Spread, spread } from "./timing.ts";
 
 /** The benchmarked model: what PyTorch trains at ~31,000 tokens/s on one thread here (see the README). */
 export const GPT_BENCH_CONFIG: GPTConfig = { vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 64 };
 const BATCH = 64, SEED = 123, LEARNING_RATE = 1e-3;
 
-/** Median, extremes and count of repeated measurements. */
-export interface GptSpread {
-  median: number;
-  min: number;
-  max: number;
-  runs: number;
-}
+/** Median, extremes and count of repeated measurements (the bench's `Spread`). */
+export type GptSpread = Spread;
 
 /** Everything the GPT bench measures on one backend; what `--model=gpt --json` prints. */
 export interface GptReport {
@@ -56,13 +52,6 @@ export interface GptReport {
   settings: { warmupSteps: number; stepsPerRun: number; runs: number; generateRuns: number; quick: boolean };
   /** Filled in by bench.ts: where the figures come from. */
   machine?: { cpu: string; cores: number; deno: string; tfjs: string; date: string; loadAverage: number | null };
-}
-
-function spread(values: number[]): GptSpread {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  const median = sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-  return { median, min: sorted[0], max: sorted[sorted.length - 1], runs: sorted.length };
 }
 
 function budget(backend: string, quick: boolean) {

@@ -17,6 +17,7 @@ import * as tf from "@tensorflow/tfjs";
 import { Adam, GPT, initBackend, trainableVariables } from "../lib/mod.ts";
 import { channelMatMul } from "../lib/gpt/mod.ts";
 import { GPT_BENCH_CONFIG } from "./gpt_bench.ts";
+import { timeCalls } from "./timing.ts";
 
 const backend = await initBackend(Deno.args[0]);
 const N = 64 * GPT_BENCH_CONFIG.blockSize, C = GPT_BENCH_CONFIG.nEmbd, V = GPT_BENCH_CONFIG.vocabSize;
@@ -39,28 +40,10 @@ const PRODUCTS: [number, number, number, string, number][] = [
   [V, N, C, "embedding gradient onehotᵀ·dy", 1],
 ];
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const RUNS = 9, CALLS = 20;
 
 /** Median over RUNS of the mean time (ms) of CALLS calls of `f`, after a warm-up. */
-async function time(f: () => tf.Tensor | void): Promise<number> {
-  for (let i = 0; i < 5; i++) (f() as tf.Tensor | undefined)?.dispose();
-  const runs: number[] = [];
-  for (let r = 0; r < RUNS; r++) {
-    const start = performance.now();
-    let last: tf.Tensor | void = undefined;
-    for (let i = 0; i < CALLS; i++) {
-      (last as tf.Tensor | undefined)?.dispose();
-      last = f();
-    }
-    if (last) {
-      await last.data();
-      last.dispose();
-    }
-    runs.push((performance.now() - start) / CALLS);
-  }
-  return median(runs);
-}
+const time = (f: () => tf.Tensor | void) => timeCalls(f, { runs: RUNS, calls: CALLS, warmup: 5 });
 
 /** Time of `f(fresh)` minus the upload of a fresh tensor of `values`, so only the work on it counts. */
 async function withFresh(values: Float32Array, shape: number[], f: (t: tf.Tensor) => tf.Tensor): Promise<number> {

@@ -200,6 +200,25 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
+/**
+ * Puts `items` in a random order in place (Fisher–Yates), drawing from `random`, so a seeded generator gives
+ * the same order on every run.
+ *
+ * @example
+ * ```ts
+ * import { seededRandom, shuffleInPlace } from "./mnist.ts";
+ * const items = [1, 2, 3, 4, 5];
+ * shuffleInPlace(items, seededRandom(1));
+ * console.log(items.length, [...items].sort().join()); // 5 1,2,3,4,5
+ * ```
+ */
+export function shuffleInPlace<T>(items: T[] | Uint32Array, random: () => number): void {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [items[i], items[j]] = [items[j], items[i]];
+  }
+}
+
 /** Options for {@linkcode DataLoader}. */
 export interface DataLoaderOptions {
   /** Examples per batch; the tutorial uses 64. */
@@ -254,12 +273,7 @@ export class DataLoader implements Iterable<Batch> {
   *[Symbol.iterator](): Iterator<Batch> {
     const { split, batchSize } = this;
     const order = Uint32Array.from({ length: split.count }, (_, i) => i);
-    if (this.shuffle) {
-      for (let i = order.length - 1; i > 0; i--) { // Fisher–Yates
-        const j = Math.floor(this.#random() * (i + 1));
-        [order[i], order[j]] = [order[j], order[i]];
-      }
-    }
+    if (this.shuffle) shuffleInPlace(order, this.#random);
     const width = split.rows * split.cols;
     for (let start = 0; start < split.count; start += batchSize) {
       const size = Math.min(batchSize, split.count - start);

@@ -77,6 +77,7 @@ export {
   type MnistSplit,
   parseIdx,
   seededRandom,
+  shuffleInPlace,
   subset,
 } from "./mnist.ts";
 export {
@@ -108,6 +109,7 @@ export {
   addWeightedAdapter,
   applyMixedBatch,
   BASE_ADAPTER,
+  checkAdapterNames,
   COMBINATION_TYPES,
   type CombinationType,
   deleteAdapter,
@@ -137,6 +139,7 @@ export {
   type TargetOptions,
   unmergeAdapter,
   type WeightedAdapterOptions,
+  withAdapterPerRow,
   writeConfig,
 } from "./peft/mod.ts";
 export {

@@ -10,7 +10,7 @@
  * @module
  */
 import { createRequire } from "node:module";
-import { seededRandom } from "./mnist.ts";
+import { seededRandom, shuffleInPlace } from "./mnist.ts";
 
 const LETTERS = "abcdefghijklmnopqrstuvwxyz";
 
@@ -194,16 +194,9 @@ export function splitWords(
     throw new RangeError(`splitWords: validationFraction must be between 0 and 1; got ${validationFraction}.`);
   }
   const shuffled = [...words];
-  shuffle(shuffled, seededRandom(seed));
+  shuffleInPlace(shuffled, seededRandom(seed));
   const cut = Math.round(words.length * validationFraction);
   return { validation: shuffled.slice(0, cut), train: shuffled.slice(cut) };
-}
-
-function shuffle<T>(items: T[] | Uint32Array, random: () => number): void {
-  for (let i = items.length - 1; i > 0; i--) { // Fisher–Yates
-    const j = Math.floor(random() * (i + 1));
-    [items[i], items[j]] = [items[j], items[i]];
-  }
 }
 
 /**
@@ -354,7 +347,7 @@ export class TokenLoader implements Iterable<TokenBatch> {
   *[Symbol.iterator](): Iterator<TokenBatch> {
     const { windows, batchSize } = this;
     const order = Uint32Array.from({ length: windows.count }, (_, i) => i);
-    if (this.shuffle) shuffle(order, this.#random);
+    if (this.shuffle) shuffleInPlace(order, this.#random);
     let batches: Uint32Array[] = [];
     const pool = this.groupByLength ? (this.shuffle ? 50 * batchSize : order.length) : batchSize;
     for (let start = 0; start < order.length; start += pool) {
@@ -364,7 +357,7 @@ export class TokenLoader implements Iterable<TokenBatch> {
     }
     if (this.shuffle && this.groupByLength) {
       const shuffled = Uint32Array.from(batches.keys());
-      shuffle(shuffled, this.#random);
+      shuffleInPlace(shuffled, this.#random);
       batches = Array.from(shuffled, (i) => batches[i]);
     }
     for (const rows of batches) yield this.#batch(rows);

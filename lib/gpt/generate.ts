@@ -8,8 +8,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { seededRandom } from "../mnist.ts";
 import type { Module } from "../module.ts";
-import { BASE_ADAPTER, listNames } from "../peft/layer.ts";
-import { listAdapters, loraLayers, refuseMerged } from "../peft/model.ts";
+import { checkAdapterNames, withAdapterPerRow } from "../peft/serve.ts";
 import { CharTokenizer } from "../words.ts";
 import { disposeCache, type GPT, type KVCache } from "./model.ts";
 
@@ -76,7 +75,7 @@ export async function generate(model: GPT, options: GenerateOptions): Promise<nu
   if (topK !== undefined && !(Number.isInteger(topK) && topK >= 1)) {
     throw new RangeError(`generate: topK must be a positive integer; got ${topK}.`);
   }
-  if (adapterNames !== undefined) checkAdapterNames(model, adapterNames, batch);
+  if (adapterNames !== undefined) checkRowNames(model, adapterNames, batch);
   const suppressed = new Set(options.suppressTokens ?? []);
   const early = new Set([...suppressed, ...(stopToken === undefined ? [] : [stopToken])]);
   const random = seededRandom(options.seed ?? 0);
@@ -85,10 +84,12 @@ export async function generate(model: GPT, options: GenerateOptions): Promise<nu
   const training = model.training;
   model.training = false;
   let cache: KVCache | null = null;
+  // With adapterNames, each step runs with row r's adapter on every LoRA layer, as in applyMixedBatch.
+  const perRow = <R>(fn: () => R): R => adapterNames === undefined ? fn() : withAdapterPerRow(model, adapterNames, fn);
   try {
     for (let step = 0; step < maxNewTokens && !done.every(Boolean); step++) {
       const length = rows[0].length;
-      const next = withRowAdapters(model, adapterNames, () =>
+      const next = perRow(() =>
         tf.tidy(() => {
           if ((options.useCache ?? true) && length <= blockSize) {
             const fresh = cache === null || cache.length !== length - 1;
@@ -98,7 +99,8 @@ export async function generate(model: GPT, options: GenerateOptions): Promise<nu
           }
           const window = tf.tensor2d(rows.map((row) => row.slice(-blockSize)), undefined, "int32");
           return { logits: lastPosition(model.apply(window)), cache: null } as unknown as tf.TensorContainer;
-        })) as unknown as { logits: tf.Tensor2D; cache: KVCache | null };
+        })
+      ) as unknown as { logits: tf.Tensor2D; cache: KVCache | null };
       disposeCache(cache);
       cache = next.cache;
       const logits = await next.logits.data() as Float32Array;
@@ -152,27 +154,11 @@ function sample(
 }
 
 /** Throws unless `names` holds one known adapter name (or `"__base__"`) per row and nothing is merged. */
-function checkAdapterNames(model: Module, names: readonly string[], rows: number): void {
+function checkRowNames(model: Module, names: readonly string[], rows: number): void {
   if (names.length !== rows) {
     throw new RangeError(`generate: got ${names.length} adapter names for ${rows} rows; expected one per row.`);
   }
-  const known = new Set(listAdapters(model));
-  const unknown = [...new Set(names)].filter((name) => name !== BASE_ADAPTER && !known.has(name));
-  if (unknown.length > 0) {
-    throw new Error(
-      `generate: unknown adapters ${listNames(unknown)}; the model has ${listNames(known)} ` +
-        `(and "${BASE_ADAPTER}" for none).`,
-    );
-  }
-  refuseMerged(model, "generate");
-}
-
-/** Runs `fn` with every LoRA layer of `model` taking row `i`'s adapter from `names[i]` (`applyMixedBatch`'s way). */
-function withRowAdapters<R>(model: Module, names: readonly string[] | undefined, fn: () => R): R {
-  if (names === undefined) return fn();
-  const layers = loraLayers(model).map(([, layer]) => layer);
-  const run = (i: number): R => (i === layers.length ? fn() : layers[i].withRowAdapters(names, () => run(i + 1)));
-  return run(0);
+  checkAdapterNames(model, names, "generate");
 }
 
 /** What {@linkcode sampleWords} does. */

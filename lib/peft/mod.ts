@@ -39,7 +39,14 @@ export {
   loraLayers,
   setAdapter,
 } from "./model.ts";
-export { applyMixedBatch, mergeAdapter, mergeAndUnload, unmergeAdapter } from "./serve.ts";
+export {
+  applyMixedBatch,
+  checkAdapterNames,
+  mergeAdapter,
+  mergeAndUnload,
+  unmergeAdapter,
+  withAdapterPerRow,
+} from "./serve.ts";
 export { type AdapterFiles, adapterFromFiles, adapterToFiles, loadAdapter, saveAdapter } from "./files.ts";
 export { layerRank, type LayerSettings, layerSettings, type LoraConfig, readConfig, writeConfig } from "./config.ts";
 export { addWeightedAdapter, COMBINATION_TYPES, type CombinationType, type WeightedAdapterOptions } from "./combine.ts";
