@@ -18,6 +18,12 @@ export interface LinearOptions {
   bias?: boolean;
   /** Seed for the random start, for repeatable runs. */
   seed?: number;
+  /**
+   * Whether the checkpoint this layer comes from stores its weight `[in, out]`, as Hugging Face's `Conv1D`
+   * (GPT-2) does, rather than PyTorch's `[out, in]`; PEFT calls this `fan_in_fan_out`. It changes nothing in
+   * the computation, only how weights and adapter configs are written. Default `false`.
+   */
+  fanInFanOut?: boolean;
 }
 
 /**
@@ -45,6 +51,8 @@ export class Linear extends Module {
   weight: tf.Variable<tf.Rank.R2>;
   /** Bias, shape `[outFeatures]`, or `null` for a layer without one. */
   bias: tf.Variable<tf.Rank.R1> | null;
+  /** Whether the checkpoint stores the weight `[in, out]` (see {@linkcode LinearOptions.fanInFanOut}). */
+  readonly fanInFanOut: boolean;
 
   /** A layer from `inFeatures` to `outFeatures` values, initialised at random (seeded by `options.seed`). */
   constructor(inFeatures: number, outFeatures: number, options: LinearOptions = {}) {
@@ -53,6 +61,7 @@ export class Linear extends Module {
     checkDim("Linear", "outFeatures", outFeatures);
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;
+    this.fanInFanOut = options.fanInFanOut ?? false;
     const bound = 1 / Math.sqrt(inFeatures);
     const seed = options.seed ?? nextSeed();
     // tidy frees the initial values; the variables themselves outlive it.

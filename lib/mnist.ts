@@ -8,6 +8,9 @@
  * @module
  */
 import { createRequire } from "node:module";
+import { seededRandom, shuffleInPlace } from "./random.ts";
+
+export { seededRandom, shuffleInPlace } from "./random.ts";
 
 /** One split of MNIST: `count` images of `rows × cols` pixels scaled to [0, 1], and their labels 0–9. */
 export interface MnistSplit {
@@ -177,46 +180,6 @@ export interface Batch {
   labels: Int32Array;
   /** Number of examples in this batch (the last batch may be smaller). */
   size: number;
-}
-
-/**
- * A small, fast, seedable pseudo-random generator (mulberry32) returning floats in [0, 1).
- *
- * @example
- * ```ts
- * import { seededRandom } from "./mnist.ts";
- * const random = seededRandom(123);
- * console.log(random() === seededRandom(123)()); // true
- * ```
- */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/**
- * Puts `items` in a random order in place (Fisher–Yates), drawing from `random`, so a seeded generator gives
- * the same order on every run.
- *
- * @example
- * ```ts
- * import { seededRandom, shuffleInPlace } from "./mnist.ts";
- * const items = [1, 2, 3, 4, 5];
- * shuffleInPlace(items, seededRandom(1));
- * console.log(items.length, [...items].sort().join()); // 5 1,2,3,4,5
- * ```
- */
-export function shuffleInPlace<T>(items: T[] | Uint32Array, random: () => number): void {
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = Math.floor(random() * (i + 1));
-    [items[i], items[j]] = [items[j], items[i]];
-  }
 }
 
 /** Options for {@linkcode DataLoader}. */

@@ -76,10 +76,9 @@ export {
   mnistFromIdx,
   type MnistSplit,
   parseIdx,
-  seededRandom,
-  shuffleInPlace,
   subset,
 } from "./mnist.ts";
+export { seededRandom, shuffleInPlace } from "./random.ts";
 export {
   Adam,
   adam,
@@ -145,6 +144,7 @@ export {
 export {
   Block,
   causalAttention,
+  type CausalLM,
   causalMask,
   CausalSelfAttention,
   disposeCache,

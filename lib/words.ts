@@ -10,7 +10,7 @@
  * @module
  */
 import { createRequire } from "node:module";
-import { seededRandom, shuffleInPlace } from "./mnist.ts";
+import { seededRandom, shuffleInPlace } from "./random.ts";
 
 const LETTERS = "abcdefghijklmnopqrstuvwxyz";
 

@@ -6,11 +6,27 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { seededRandom } from "../mnist.ts";
+import { seededRandom } from "../random.ts";
 import type { Module } from "../module.ts";
 import { checkAdapterNames, withAdapterPerRow } from "../peft/serve.ts";
 import { CharTokenizer } from "../words.ts";
 import { disposeCache, type GPT, type KVCache } from "./model.ts";
+
+/**
+ * What {@linkcode generate} needs of a model: token ids `[batch, time]` in, logits `[batch, time, vocab]` out,
+ * and the same with a key/value cache. The {@linkcode GPT} here is one; any causal language model that keeps
+ * its cache as a {@linkcode KVCache} can be another.
+ */
+export interface CausalLM extends Module {
+  /** The vocabulary size and the longest context. */
+  readonly config: { readonly vocabSize: number; readonly blockSize: number };
+  /** Whether dropout (if any) is on; `generate` turns it off while sampling. */
+  training: boolean;
+  /** Logits for every position of `tokens`. */
+  apply(tokens: tf.Tensor): tf.Tensor;
+  /** Logits for `tokens`, which follow the positions `cache` holds, and the cache grown by them. */
+  applyCached(tokens: tf.Tensor, cache: KVCache | null): { logits: tf.Tensor3D; cache: KVCache };
+}
 
 /** What {@linkcode generate} does. */
 export interface GenerateOptions {
@@ -59,7 +75,7 @@ export interface GenerateOptions {
  * gpt.dispose();
  * ```
  */
-export async function generate(model: GPT, options: GenerateOptions): Promise<number[][]> {
+export async function generate(model: CausalLM, options: GenerateOptions): Promise<number[][]> {
   const { prompt, maxNewTokens, temperature = 1, topK, stopToken, adapterNames } = options;
   const { vocabSize, blockSize } = model.config;
   const batch = prompt.length;

@@ -46,7 +46,7 @@ export {
   sumRows,
 } from "./ops.ts";
 export { evaluateLoss, type LanguageModel, languageModelStep, type LossReport } from "./train.ts";
-export { generate, type GenerateOptions, sampleWords, type SampleWordsOptions } from "./generate.ts";
+export { type CausalLM, generate, type GenerateOptions, sampleWords, type SampleWordsOptions } from "./generate.ts";
 export {
   CharTokenizer,
   cmudictDir,

@@ -13,7 +13,7 @@ import * as tf from "@tensorflow/tfjs";
 import { DoRALayer } from "../dora.ts";
 import { svd } from "../linalg.ts";
 import type { LoRALayer, ScalingConvention } from "../lora.ts";
-import { seededRandom } from "../mnist.ts";
+import { seededRandom } from "../random.ts";
 import type { Module } from "../module.ts";
 import { checkAdapterName, type LinearWithAdapters, listNames } from "./layer.ts";
 import { listAdapters, loraLayers } from "./model.ts";
