@@ -8,7 +8,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { Module } from "./module.ts";
+import { freezeBase, Module } from "./module.ts";
 import { matMul } from "./ops.ts";
 import { tfSeed } from "./tfjs_internals.ts";
 
@@ -106,11 +106,14 @@ export class ReLU extends Module {
 }
 
 /**
- * Freezes (marks not trainable) every parameter of every `Linear` layer, at any depth, and leaves the rest
- * (LoRA's A and B) trainable: the tutorial's `freeze_linear_layers`.
+ * Freezes (marks not trainable) every parameter of the model except its adapters' (LoRA's A and B), the
+ * tutorial's `freeze_linear_layers`. The tutorial's model is made of linear layers only, so that is every
+ * `Linear`; in a model with other layers (a GPT's embeddings and LayerNorms) it is every parameter outside
+ * the adapters, the same rule as `addLoRA` and PEFT (see `freezeBase`).
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { freezeLinearLayers } from "./layers.ts";
  * import { LinearWithLoRA } from "./lora.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
@@ -118,19 +121,13 @@ export class ReLU extends Module {
  * const model = new MultilayerPerceptron(4, 3, 3, 2);
  * model.layers[0] = new LinearWithLoRA(model.layers[0], 1, 2);
  * freezeLinearLayers(model);
- * console.log(namedParameters(model).filter((p) => p.variable.trainable).map((p) => p.name));
- * // ["layers.0.lora.A", "layers.0.lora.B"]
+ * const trainable = namedParameters(model).filter((p) => p.variable.trainable).map((p) => p.name);
+ * assert.deepEqual(trainable, ["layers.0.lora.A", "layers.0.lora.B"]);
  * model.dispose();
  * ```
  */
 export function freezeLinearLayers(model: Module): void {
-  for (const [, child] of model.children()) {
-    if (child instanceof Linear) {
-      for (const { variable } of child.namedParameters()) variable.trainable = false;
-    } else {
-      freezeLinearLayers(child);
-    }
-  }
+  freezeBase(model);
 }
 
 let unseeded = 1;

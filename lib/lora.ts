@@ -134,10 +134,20 @@ export class LoRALayer extends Module {
     this.alpha = alpha;
     this.convention = options.scaling ?? "tutorial";
     this.scaling = loraScaling(alpha, rank, this.convention);
+    if (!Number.isFinite(Math.fround(this.scaling))) {
+      throw new RangeError(
+        `LoRA scaling ${this.scaling} (alpha ${alpha}, rank ${rank}, ${this.convention}) is not a finite float32 number.`,
+      );
+    }
     this.init = options.init ?? "tutorial";
     const seed = tfSeed(options.seed ?? nextSeed());
     this.A = tf.tidy(() => tf.variable(randomA(this.init, inDim, rank, seed)));
     this.B = tf.tidy(() => tf.variable(tf.zeros([rank, outDim])));
+  }
+
+  /** A LoRA layer is an adapter: freezing the base model leaves A and B alone. */
+  override get isAdapter(): boolean {
+    return true;
   }
 
   /** `scaling · x·A·B` over the last axis of `x`. */

@@ -77,6 +77,14 @@ export abstract class Module {
     (this as Record<string, unknown>)[name] = module;
   }
 
+  /**
+   * Whether this module is an adapter's trainable part (the tutorial's `LoRALayer`, DoRA's and VeRA's layers),
+   * which freezing the base model leaves alone (see {@linkcode freezeBase}). Adapters override it to `true`.
+   */
+  get isAdapter(): boolean {
+    return false;
+  }
+
   /** Details shown inside the parentheses when the module is printed, as PyTorch's `extra_repr`. */
   extraRepr(): string {
     return "";
@@ -286,6 +294,35 @@ export function countParameters(model: Module): ParameterCount {
     if (variable.trainable) trainable += variable.size;
   }
   return { total, trainable };
+}
+
+/**
+ * Freezes every parameter of `model` outside its adapters (modules whose `isAdapter` is true) and leaves the
+ * adapters' own flags alone: PEFT's `mark_only_lora_as_trainable`, and the one freezing rule under both the
+ * tutorial's `freezeLinearLayers` and `addLoRA`. In a model of linear layers only, such as the perceptron,
+ * that freezes exactly the linear layers; in a GPT it freezes the embeddings and LayerNorms too, as PEFT does.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { freezeBase, namedParameters } from "./module.ts";
+ * import { LinearWithLoRA } from "./lora.ts";
+ * import { MultilayerPerceptron } from "./mlp.ts";
+ * const model = new MultilayerPerceptron(4, 3, 3, 2);
+ * model.layers[2] = new LinearWithLoRA(model.layers[2], 1, 2);
+ * freezeBase(model);
+ * const trainable = namedParameters(model).filter((p) => p.variable.trainable).map((p) => p.name);
+ * assert.deepEqual(trainable, ["layers.2.lora.A", "layers.2.lora.B"]);
+ * model.dispose();
+ * ```
+ */
+export function freezeBase(model: Module): void {
+  const visit = (module: Module): void => {
+    if (module.isAdapter) return;
+    for (const [, variable] of module.ownParameters()) variable.trainable = false;
+    for (const [, child] of module.children()) visit(child);
+  };
+  visit(model);
 }
 
 /**

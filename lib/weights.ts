@@ -11,8 +11,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { Linear } from "./layers.ts";
 import { type Module, namedModules } from "./module.ts";
-import { refuseMerged } from "./peft/model.ts";
-import { listNames } from "./peft/layer.ts";
+import { listNames } from "./_names.ts";
 import { decodeSafetensors, encodeSafetensors, type TensorData } from "./safetensors.ts";
 
 /**
@@ -174,4 +173,12 @@ export function assignFrom(variable: tf.Variable, { shape, data }: TensorData): 
   const value = tf.tensor(data, shape, "float32");
   variable.assign(value);
   value.dispose();
+}
+
+/** Throws for `caller` while an adapter is folded into a base weight (a layer whose `merged` is true). */
+function refuseMerged(model: Module, caller: string): void {
+  const merged = namedModules(model).find(([, m]) => (m as { merged?: unknown }).merged === true);
+  if (merged !== undefined) {
+    throw new Error(`${caller}: ${merged[0]} has an adapter merged into its base weight; call unmerge() first.`);
+  }
 }

@@ -60,7 +60,8 @@ Deno.test("named parameters and trainable flags after freezing match the tutoria
 });
 
 Deno.test("the printed structure names every layer like PyTorch's print(model)", () => {
-  const model = addLoRA(mlp(), { rank: 4, alpha: 8, merged: true });
+  const model = mlp();
+  for (const i of [0, 2, 4]) model.layers[i] = new LinearWithLoRAMerged(model.layers[i], 4, 8); // the tutorial's way
   const text = String(model);
   assert.match(text, /^MultilayerPerceptron\(\n {2}\(layers\): Sequential\(\n {4}\(0\): LinearWithLoRAMerged\(/);
   assert.match(text, /\(linear\): Linear\(in_features=128, out_features=256, bias=true\)/);

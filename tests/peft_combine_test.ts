@@ -603,7 +603,7 @@ Deno.test("a DoRA adapter (one with a magnitude vector) among the sources is ref
     assertThrows(
       () => addWeightedAdapter(model, ["a", "d"], [1, 1], "x", { combinationType: "cat" }),
       Error,
-      /"d" is a DoRA adapter \(it has a magnitude vector m, in layers.2\)/,
+      /"d" is a DoRA adapter \(in layers.2\), whose update is not a scaled product of two factors/,
     )
   );
   assertUnchanged(model, before);

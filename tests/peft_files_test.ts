@@ -308,7 +308,7 @@ Deno.test("corrupt or mismatched adapter files: a clear error each, the model ex
       "not LoRA",
       withConfig(good, (c) => c.peft_type = "PREFIX_TUNING"),
       Error,
-      /peft_type "PREFIX_TUNING"; expected "LORA"/,
+      /peft_type "PREFIX_TUNING"; this library reads "LORA" \(with or without use_dora\) and "VERA"/,
     ],
     ["rank not an integer", withConfig(good, (c) => c.r = 2.5), RangeError, /r = 2.5; expected a positive integer/],
     [

@@ -8,7 +8,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { seededRandom } from "../random.ts";
 import type { Module } from "../module.ts";
-import { checkAdapterNames, withAdapterPerRow } from "../peft/serve.ts";
+import { checkAdapterNames, withAdapterPerRow } from "../peft/_rows.ts";
 import { CharTokenizer } from "../words.ts";
 import { disposeCache, type GPT, type KVCache } from "./model.ts";
 

@@ -10,13 +10,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { DoRALayer } from "../dora.ts";
 import { svd } from "../linalg.ts";
-import type { LoRALayer, ScalingConvention } from "../lora.ts";
+import { LoRALayer, type ScalingConvention } from "../lora.ts";
 import { seededRandom } from "../random.ts";
 import type { Module } from "../module.ts";
-import { checkAdapterName, type LinearWithAdapters, listNames } from "./layer.ts";
-import { listAdapters, loraLayers } from "./model.ts";
+import type { Factors } from "./kind.ts";
+import { checkAdapterName, kindFor, type LinearWithAdapters, listNames } from "./layer.ts";
+import { adapterTargets, attachAdapters, listAdapters, loraLayers } from "./model.ts";
 import { checkDensity, type MajoritySignMethod, type MergeRule, mergeTaskTensors } from "./merge_utils.ts";
 
 /**
@@ -87,10 +87,13 @@ export interface WeightedAdapterOptions {
  * DARE draws its masks from one generator seeded with `seed`, layer after layer in model order, so a
  * combination repeats exactly.
  *
- * Differences from PEFT (0.20.1.dev0), each on purpose:
+ * Sources may be of any kind whose update is exactly a scaled product of two factors: LoRA, and VeRA (whose
+ * factors are `A ⊙ λ_d` and `B ⊙ λ_b`, scaling 1); the result is always a LoRA adapter. The `svd` family
+ * combines `Σ wᵢ·ΔWᵢ`, as PEFT 0.21.0 does (checked: its result equals `Σ wᵢ·ΔWᵢ` to 7e-7; PEFT 0.20.1.dev0
+ * applied the scaling twice in these methods).
  *
- * - The `svd` family combines `Σ wᵢ·ΔWᵢ`. PEFT passes the already scaled `ΔWᵢ` with weights `wᵢ·sᵢ`, so its
- *   sources' scalings enter squared (`Σ wᵢ·sᵢ²·AᵢBᵢ`), right only when every `sᵢ` is 1.
+ * Differences from PEFT 0.21.0 (`tuners/lora/model.py`, `add_weighted_adapter`), each on purpose:
+ *
  * - With rsLoRA PEFT's new adapter (alpha = rank) scales by `√rank` instead of 1; here the scaling is 1 in every
  *   convention.
  * - An `adapterName` already in use is an error; PEFT returns without doing anything.
@@ -106,8 +109,8 @@ export interface WeightedAdapterOptions {
  *   in `rank_pattern`.
  * - DARE's masks come from `seed` (default 0), so a combination repeats; PEFT draws them from PyTorch's
  *   global generator.
- * - DoRA adapters are refused: PEFT's combination drops their magnitude vectors, so its result is not what
- *   the sources compute.
+ * - DoRA adapters are refused (their kind has no factors): PEFT's combination drops their magnitude vectors,
+ *   so its result is not what the sources compute.
  * - PEFT's `svd_clamp`, `svd_full_matrices` and `svd_driver` are not offered; the SVD is float64 Jacobi.
  *
  * Like PEFT, sources may cover different layers (the new adapter covers their union).
@@ -134,34 +137,38 @@ export function addWeightedAdapter<M extends Module>(
 ): M {
   const plan = planCombination(model, adapters, weights, adapterName, options);
   const random = seededRandom(options.seed ?? 0);
-  // Compute every layer's factors before the model changes, so that nothing is left half-done.
+  // Compute every layer's factors and build its adapter before the model changes, so that nothing is left
+  // half-done.
   const factors = plan.layers.map((layer) => combineLayer(plan, layer, random));
-  const extended: LinearWithAdapters[] = [];
+  const targets = adapterTargets(model, adapterName, plan.layers.map((layer) => layer.module), "addWeightedAdapter");
+  const built: LoRALayer[] = [];
   try {
     plan.layers.forEach(({ layer, rank }, k) => {
+      const { inFeatures, outFeatures } = layer.linear;
       const alpha = plan.convention === "paper" ? rank : plan.convention === "rslora" ? Math.sqrt(rank) : 1;
-      const lora = layer.addAdapter(adapterName, rank, alpha, { scaling: plan.convention, seed: 1 });
-      extended.push(layer);
+      const lora = new LoRALayer(inFeatures, outFeatures, rank, alpha, { scaling: plan.convention, seed: 1 });
+      built.push(lora);
       tf.tidy(() => {
-        lora.A.assign(tf.tensor2d(Float32Array.from(factors[k].a), [layer.linear.inFeatures, rank]));
-        lora.B.assign(tf.tensor2d(Float32Array.from(factors[k].b), [rank, layer.linear.outFeatures]));
+        lora.A.assign(tf.tensor2d(Float32Array.from(factors[k].a), [inFeatures, rank]));
+        lora.B.assign(tf.tensor2d(Float32Array.from(factors[k].b), [rank, outFeatures]));
       });
     });
   } catch (error) {
-    for (const layer of extended) layer.deleteAdapter(adapterName);
+    built.forEach((lora) => lora.dispose());
     throw error;
   }
+  attachAdapters(model, adapterName, targets, built);
   return model;
 }
 
 // Helpers ----------------------------------------------------------------------------------------------------
 
-/** One source adapter as it appears in one layer. */
+/** One source adapter as it appears in one layer, by its exact factors. */
 interface Part {
   /** Position in the caller's list. */
   index: number;
   weight: number;
-  lora: LoRALayer;
+  factors: Factors;
 }
 
 /** One layer of the new adapter: the sources present there and the rank it gets. */
@@ -253,29 +260,28 @@ function planCombination(
   const layers: LayerPlan[] = [];
   for (const [module, layer] of loraLayers(model)) {
     const parts = adapters.flatMap((name, index) => {
-      const lora = layer.adapters.get(name);
-      return lora === undefined ? [] : [{ index, weight: weights[index], lora }];
+      const adapter = layer.adapters.get(name);
+      if (adapter === undefined) return [];
+      const kind = kindFor(adapter as Module);
+      const factors = kind.factors(adapter as never, layer.linear);
+      if (factors === null) {
+        throw new Error(
+          `${where}: adapter "${name}" is a ${kind.title} adapter (in ${module}), whose update is not a scaled ` +
+            `product of two factors; combining ${kind.title} adapters is not supported.`,
+        );
+      }
+      return [{ index, weight: weights[index], factors }];
     });
     if (parts.length > 0) layers.push({ module, layer, parts, rank: 0 });
   }
-  for (const { module, parts } of layers) {
-    for (const { index, lora } of parts) {
-      if (lora instanceof DoRALayer) {
-        throw new Error(
-          `${where}: adapter "${adapters[index]}" is a DoRA adapter (it has a magnitude vector m, in ${module}); ` +
-            "combining DoRA adapters is not supported, since a sum of their low-rank parts drops the magnitudes.",
-        );
-      }
-    }
-  }
   if (EQUAL_RANKS.includes(method)) {
     for (const { module, parts } of layers) {
-      const odd = parts.find((p) => p.lora.rank !== parts[0].lora.rank);
+      const odd = parts.find((p) => p.factors.rank !== parts[0].factors.rank);
       if (odd !== undefined) {
         throw new Error(
           `${where}: combinationType "${method}" needs adapters of equal rank, but in ${module} ` +
-            `"${adapters[parts[0].index]}" has rank ${parts[0].lora.rank} and "${adapters[odd.index]}" rank ` +
-            `${odd.lora.rank}; use "cat" or a method ending in "svd".`,
+            `"${adapters[parts[0].index]}" has rank ${parts[0].factors.rank} and "${adapters[odd.index]}" rank ` +
+            `${odd.factors.rank}; use "cat" or a method ending in "svd".`,
         );
       }
     }
@@ -283,7 +289,9 @@ function planCombination(
 
   // Each source's rank is its largest over the layers it covers (PEFT: r, or the largest of a rank pattern).
   const sourceRank = adapters.map((name) =>
-    Math.max(...layers.flatMap(({ layer }) => layer.adapters.has(name) ? [layer.adapters.get(name)!.rank] : []))
+    Math.max(
+      ...layers.flatMap(({ parts }) => parts.filter((p) => adapters[p.index] === name).map((p) => p.factors.rank)),
+    )
   );
   if (method === "cat") {
     const total = sourceRank.reduce((a, b) => a + b, 0);
@@ -305,9 +313,9 @@ function planCombination(
       plan.rank = rank;
     }
   } else {
-    for (const plan of layers) plan.rank = plan.parts[0].lora.rank;
+    for (const plan of layers) plan.rank = plan.parts[0].factors.rank;
   }
-  const first = layers.find(({ layer }) => layer.adapters.has(adapters[0]))!.layer.adapters.get(adapters[0])!;
+  const first = layers.flatMap(({ parts }) => parts).find((p) => p.index === 0)!.factors;
   return {
     method,
     rule,
@@ -335,12 +343,7 @@ function maxRank(layer: LinearWithAdapters): number {
 function combineLayer(plan: Plan, layerPlan: LayerPlan, random: () => number): { a: Float64Array; b: Float64Array } {
   const { layer, parts, rank } = layerPlan;
   const [m, n] = [layer.linear.inFeatures, layer.linear.outFeatures];
-  const read = ({ lora }: Part) => ({
-    a: Float64Array.from(lora.A.dataSync()),
-    b: Float64Array.from(lora.B.dataSync()),
-    r: lora.rank,
-    s: lora.scaling,
-  });
+  const read = ({ factors }: Part) => ({ a: factors.a, b: factors.b, r: factors.rank, s: factors.scaling });
   const sources = parts.map(read);
   const options = { density: plan.density, majoritySignMethod: plan.majoritySignMethod, random };
 

@@ -5,7 +5,6 @@
  *
  * @module
  */
-import { DoRALayer } from "../dora.ts";
 import { type LoRAInit, type LoRALayer, loraScaling, type ScalingConvention } from "../lora.ts";
 import type { TargetModules } from "./targets.ts";
 
@@ -63,8 +62,9 @@ export interface LayerSettings {
 
 /**
  * The config and safetensors metadata for an adapter whose layers are `loras` (module name and its
- * `LoRALayer`). The layers must share convention, DoRA or not, and start (`init`), as PEFT's config has one
- * of each; ranks and alphas may differ by layer, and are then written as PEFT's `rank_pattern` and
+ * `LoRALayer`). The layers must share convention and start (`init`), as PEFT's config has one of each;
+ * `options.useDora` writes `use_dora` (the DoRA kind passes it) and `options.fanInFanOut` PEFT's
+ * `fan_in_fan_out` (layers whose checkpoint stores `[in, out]`, as GPT-2's `Conv1D`); ranks and alphas may differ by layer, and are then written as PEFT's `rank_pattern` and
  * `alpha_pattern`, keyed by module name. The metadata records this library's convention and alpha(s), so
  * that reading restores them exactly.
  *
@@ -83,22 +83,17 @@ export interface LayerSettings {
 export function writeConfig(
   loras: readonly (readonly [string, LoRALayer])[],
   adapterName: string,
+  options: { useDora?: boolean; fanInFanOut?: boolean } = {},
 ): { config: LoraConfig; metadata: Record<string, string> } {
   const [firstModule, first] = loras[0];
   const kind = (lora: LoRALayer) =>
-    `convention ${lora.convention}${lora instanceof DoRALayer ? ", DoRA" : ""}` +
+    `convention ${lora.convention}` +
     (peftInit(lora.init) === true ? "" : `, init_lora_weights ${JSON.stringify(peftInit(lora.init))}`);
   for (const [module, lora] of loras) {
     if (kind(lora) !== kind(first)) {
       throw new Error(
         `adapterToFiles: adapter "${adapterName}" has ${kind(lora)} in ${module} but ${kind(first)} in ` +
           `${firstModule}; PEFT's config holds one of each.`,
-      );
-    }
-    if (lora instanceof DoRALayer && lora.normAxis !== "output") {
-      throw new Error(
-        `adapterToFiles: adapter "${adapterName}" is DoRA with one magnitude per input unit (normAxis "input") in ` +
-          `${module}; PEFT's DoRA files hold one per output unit (lora_magnitude_vector [out]), so it cannot be saved.`,
       );
     }
   }
@@ -119,7 +114,7 @@ export function writeConfig(
     target_modules: loras.map(([module]) => module),
     lora_dropout: 0,
     bias: "none",
-    fan_in_fan_out: false,
+    fan_in_fan_out: options.fanInFanOut ?? false,
     init_lora_weights: peftInit(first.init),
     inference_mode: true,
     modules_to_save: null,
@@ -127,7 +122,7 @@ export function writeConfig(
     // them leave them out (and stay what they were before patterns and DoRA existed here).
     ...(Object.keys(rankPattern).length > 0 ? { rank_pattern: rankPattern } : {}),
     ...(Object.keys(alphaPattern).length > 0 ? { alpha_pattern: alphaPattern } : {}),
-    ...(first instanceof DoRALayer ? { use_dora: true } : {}),
+    ...(options.useDora ? { use_dora: true } : {}),
   };
   const alphas = new Set(loras.map(([, lora]) => lora.alpha));
   const alpha = alphas.size === 1
@@ -140,7 +135,7 @@ export function writeConfig(
  * Parses and checks the text of an `adapter_config.json`: a PEFT LoRA config this library can load. Throws,
  * naming the field, for anything else: another `peft_type`, a rank that is not a positive integer, an alpha
  * that is not finite, targets that are neither names nor a regular expression, patterns with bad values,
- * `fan_in_fan_out`, or a start (`init_lora_weights`) such as `"olora"` or `"loftq"` that changes the base
+ * flags that are not booleans, or a start (`init_lora_weights`) such as `"olora"` or `"loftq"` that changes the base
  * weight in a way the file does not record.
  *
  * @example
@@ -151,6 +146,26 @@ export function writeConfig(
  * ```
  */
 export function readConfig(text: string): LoraConfig {
+  const c = parseConfig(text);
+  if (c.peft_type !== "LORA") {
+    const found = c.peft_type === undefined ? "no peft_type" : `peft_type ${JSON.stringify(c.peft_type)}`;
+    throw new Error(`loadAdapter: ${ADAPTER_CONFIG_FILE} has ${found}; expected "LORA".`);
+  }
+  return checkLoraConfig(c);
+}
+
+/**
+ * The text of an `adapter_config.json` as an object, or an error saying it is not JSON or not an object.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { parseConfig } from "./config.ts";
+ * assert.equal(parseConfig('{"peft_type": "VERA"}').peft_type, "VERA");
+ * assert.throws(() => parseConfig("[1]"), /must hold a JSON object/);
+ * ```
+ */
+export function parseConfig(text: string): Record<string, unknown> {
   const where = `loadAdapter: ${ADAPTER_CONFIG_FILE}`;
   let config: unknown;
   try {
@@ -161,10 +176,24 @@ export function readConfig(text: string): LoraConfig {
   if (typeof config !== "object" || config === null || Array.isArray(config)) {
     throw new SyntaxError(`${where} must hold a JSON object.`);
   }
-  const c = config as Record<string, unknown>;
-  if (c.peft_type !== "LORA") {
-    throw new Error(`${where} has peft_type ${JSON.stringify(c.peft_type)}; expected "LORA".`);
-  }
+  return config as Record<string, unknown>;
+}
+
+/**
+ * Checks the fields of a LoRA or DoRA config (see {@linkcode readConfig}) and returns it with PEFT's defaults
+ * filled in.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkLoraConfig } from "./config.ts";
+ * const config = checkLoraConfig({ peft_type: "LORA", r: 4, lora_alpha: 8, target_modules: ["layers.0"] });
+ * assert.equal(config.use_rslora, false);
+ * assert.throws(() => checkLoraConfig({ peft_type: "LORA", r: 0, lora_alpha: 8, target_modules: [] }), /r = 0/);
+ * ```
+ */
+export function checkLoraConfig(c: Record<string, unknown>): LoraConfig {
+  const where = `loadAdapter: ${ADAPTER_CONFIG_FILE}`;
   if (!isRank(c.r)) throw new RangeError(`${where} has r = ${JSON.stringify(c.r)}; expected a positive integer.`);
   if (!isAlpha(c.lora_alpha)) {
     throw new RangeError(`${where} has lora_alpha = ${JSON.stringify(c.lora_alpha)}; expected a finite number.`);
@@ -189,7 +218,7 @@ export function readConfig(text: string): LoraConfig {
       `${where} has target_modules ${JSON.stringify(targets)}; expected a list of names or a regular expression.`,
     );
   }
-  for (const flag of ["use_rslora", "use_dora"]) {
+  for (const flag of ["use_rslora", "use_dora", "fan_in_fan_out"]) {
     if (c[flag] !== undefined && c[flag] !== null && typeof c[flag] !== "boolean") {
       throw new Error(`${where} has ${flag} ${JSON.stringify(c[flag])}; expected true or false.`);
     }
@@ -204,13 +233,13 @@ export function readConfig(text: string): LoraConfig {
         "(the starts that leave the base weight as it is, and PiSSA).",
     );
   }
-  if (c.fan_in_fan_out === true) throw new Error(`${where} uses fan_in_fan_out, which this library does not.`);
   return {
     ...c,
     use_rslora: c.use_rslora === true,
+    fan_in_fan_out: c.fan_in_fan_out === true,
     rank_pattern: (c.rank_pattern ?? {}) as Record<string, number>,
     alpha_pattern: (c.alpha_pattern ?? {}) as Record<string, number>,
-  } as LoraConfig;
+  } as unknown as LoraConfig;
 }
 
 /**

@@ -7,25 +7,12 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
-import { DoRALayer } from "../dora.ts";
-import { Linear } from "../layers.ts";
-import type { LoRAInit } from "../lora.ts";
-import { getModule, type Module } from "../module.ts";
-import { decodeSafetensors, encodeSafetensors, type StoredTensor, type TensorData } from "../safetensors.ts";
-import { assignFrom, transpose2d } from "../weights.ts";
-import { checkAdapterName, LinearWithAdapters, listNames } from "./layer.ts";
-import {
-  ADAPTER_CONFIG_FILE,
-  ADAPTER_WEIGHTS_FILE,
-  layerRank,
-  type LayerSettings,
-  layerSettings,
-  MAGNITUDE,
-  readConfig,
-  writeConfig,
-} from "./config.ts";
-import { attachWrappers, keepingWeights, loraLayers, requireAdapter } from "./model.ts";
+import type { Module } from "../module.ts";
+import { decodeSafetensors, encodeSafetensors, type StoredTensor } from "../safetensors.ts";
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parseConfig } from "./config.ts";
+import { type AdapterSource, kindReading } from "./kind.ts";
+import { checkAdapterName, kindFor, listNames } from "./layer.ts";
+import { adapterTargets, attachAdapters, loraLayers, requireAdapter } from "./model.ts";
 import { findTargets, matchesTarget } from "./targets.ts";
 
 /** The two files PEFT's `save_pretrained` writes for one adapter, as bytes and text. */
@@ -75,20 +62,19 @@ export interface AdapterFiles {
  */
 export async function adapterToFiles(model: Module, adapterName = "default"): Promise<AdapterFiles> {
   requireAdapter(model, adapterName, "adapterToFiles");
-  const layers = loraLayers(model).filter(([, layer]) => layer.adapters.has(adapterName));
-  const loras = layers.map(([module, layer]) => [module, layer.adapters.get(adapterName)!] as const);
-  const { config, metadata } = writeConfig(loras, adapterName);
-  const tensors = new Map<string, TensorData>();
-  for (const [module, lora] of loras) {
-    tensors.set(`base_model.model.${module}.lora_A.weight`, transpose2d(await lora.A.data(), lora.A.shape));
-    tensors.set(`base_model.model.${module}.lora_B.weight`, transpose2d(await lora.B.data(), lora.B.shape));
-    if (lora instanceof DoRALayer) {
-      tensors.set(`base_model.model.${module}.${MAGNITUDE}`, {
-        shape: lora.m.shape,
-        data: await lora.m.data() as Float32Array,
-      });
-    }
+  const placed = loraLayers(model).flatMap(([module, layer]) => {
+    const adapter = layer.adapters.get(adapterName);
+    return adapter === undefined ? [] : [{ module, base: layer.linear, adapter }];
+  });
+  const kind = kindFor(placed[0].adapter as Module);
+  const other = placed.find((p) => kindFor(p.adapter as Module) !== kind);
+  if (other !== undefined) {
+    throw new Error(
+      `adapterToFiles: adapter "${adapterName}" is ${kind.title} in ${placed[0].module} but ` +
+        `${kindFor(other.adapter as Module).title} in ${other.module}; a PEFT file holds one kind.`,
+    );
   }
+  const { config, metadata, tensors } = await kind.save(placed as never, adapterName);
   return { safetensors: encodeSafetensors(tensors, metadata), config: JSON.stringify(config, null, 2) + "\n" };
 }
 
@@ -126,30 +112,38 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  */
 export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName = "default"): void {
   checkAdapterName(adapterName);
-  const config = readConfig(files.config);
+  const config = parseConfig(files.config);
+  const kind = kindReading(config);
+  kind.checkConfig(config);
   const { tensors, metadata } = decodeSafetensors(files.safetensors);
   const linear = findTargets(model, {}, "loadAdapter"); // every linear layer, wrapped or not
+  const keys = kind.keys(config);
 
-  // Which modules the tensors cover, and does every key name a linear layer of the model?
-  const byModule = new Map<string, { A?: StoredTensor; B?: StoredTensor; m?: StoredTensor }>();
+  // Which modules the tensors cover, and does every key name a linear layer of the model (or a shared tensor)?
+  const source: AdapterSource = { config, metadata, layers: new Map(), shared: new Map() };
   for (const [key, tensor] of tensors) {
-    const match = /^base_model\.model\.(.+)\.(?:lora_([AB])\.weight|lora_magnitude_vector(?:\.weight)?)$/.exec(key);
-    if (match === null || !linear.includes(match[1])) {
+    const shared = key.startsWith("base_model.") ? key.slice("base_model.".length) : "";
+    if (keys.shared.includes(shared)) {
+      source.shared.set(shared, tensor);
+      continue;
+    }
+    const suffix = keys.layer.find((s) => key.endsWith(`.${s}`));
+    const module = suffix === undefined ? undefined : key.slice("base_model.model.".length, -suffix.length - 1);
+    if (!key.startsWith("base_model.model.") || module === undefined || !linear.includes(module)) {
+      const expected = [
+        ...keys.layer.map((s) => `base_model.model.<module>.${s}`),
+        ...keys.shared.map((s) => `base_model.${s}`),
+      ];
       throw new Error(
-        `loadAdapter: unexpected key "${key}"; expected base_model.model.<module>.lora_A.weight, …lora_B.weight` +
-          `${config.use_dora ? " or …lora_magnitude_vector" : ""} with <module> one of ${listNames(linear)}.`,
+        `loadAdapter: unexpected key "${key}" in a ${kind.title} file; expected ${expected.join(", ")} with ` +
+          `<module> one of ${listNames(linear)}.`,
       );
     }
-    const [module, which] = [match[1], match[2] ?? "m"];
-    if (which === "m" && !config.use_dora) {
-      throw new Error(`loadAdapter: unexpected key "${key}": a DoRA magnitude, but the config does not set use_dora.`);
-    }
-    if (which === "m" && byModule.get(module)?.m !== undefined) {
-      throw new Error(`loadAdapter: ${module} has two magnitude keys (with and without ".weight"); expected one.`);
-    }
-    byModule.set(module, { ...byModule.get(module), [which]: tensor });
+    const layer = source.layers.get(module) ?? new Map<string, StoredTensor>();
+    layer.set(suffix!, tensor);
+    source.layers.set(module, layer);
   }
-  const targets = config.target_modules;
+  const targets = config.target_modules as string | string[];
   const selected = typeof targets === "string" && targets.toLowerCase() === "all-linear"
     ? findTargets(model, { targetModules: targets }, "loadAdapter")
     : linear.filter((module) => matchesTarget(module, targets));
@@ -159,23 +153,7 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
         `${listNames(linear)}.`,
     );
   }
-  for (const module of selected) {
-    for (const which of ["A", "B"] as const) {
-      if (byModule.get(module)?.[which] === undefined) {
-        throw new Error(
-          `loadAdapter: missing key "base_model.model.${module}.lora_${which}.weight": target_modules ` +
-            `${JSON.stringify(targets)} selects ${module}.`,
-        );
-      }
-    }
-    if (config.use_dora && byModule.get(module)?.m === undefined) {
-      throw new Error(
-        `loadAdapter: missing key "base_model.model.${module}.${MAGNITUDE}": the config sets use_dora and ` +
-          `target_modules ${JSON.stringify(targets)} selects ${module}.`,
-      );
-    }
-  }
-  for (const module of byModule.keys()) {
+  for (const module of source.layers.keys()) {
     if (!selected.includes(module)) {
       throw new Error(
         `loadAdapter: the file has tensors for ${module}, which target_modules ${JSON.stringify(targets)} ` +
@@ -183,97 +161,17 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
       );
     }
   }
-
-  // Shapes: A is [r, in] and B is [out, r] in the file, with r from rank_pattern or the config's r.
-  const layers = new Map(selected.map((module) => [module, getModule(model, module) as Linear | LinearWithAdapters]));
-  const settings = new Map<string, LayerSettings>();
-  for (const [module, layer] of layers) {
-    const r = layerRank(config, module);
-    const base = layer instanceof LinearWithAdapters ? layer.linear : layer;
-    if (!(base instanceof Linear)) {
-      throw new Error(`loadAdapter: ${module} is a ${layer.constructor.name}, which holds no named adapters.`);
+  const where = adapterTargets(model, adapterName, selected, "loadAdapter");
+  let adapters: Module[];
+  try {
+    adapters = kind.load(where, source); // checks every tensor against its layer; changes nothing on failure
+  } catch (error) {
+    if (error instanceof Error && !error.message.startsWith("loadAdapter")) {
+      error.message = `loadAdapter: ${error.message}`;
     }
-    const { A, B } = byModule.get(module) as Record<"A" | "B", StoredTensor>; // both present, checked above
-    if (A.shape.length === 2 && B.shape.length === 2 && (A.shape[0] !== r || B.shape[1] !== r)) {
-      throw new RangeError(
-        `loadAdapter: the config says r = ${r} for ${module}, but it has lora_A [${A.shape}] and lora_B [${B.shape}].`,
-      );
-    }
-    const [wantA, wantB] = [[r, base.inFeatures], [base.outFeatures, r]];
-    if (!tf.util.arraysEqual(A.shape, wantA) || !tf.util.arraysEqual(B.shape, wantB)) {
-      throw new RangeError(
-        `loadAdapter: ${module} is a ${base.inFeatures}→${base.outFeatures} linear layer, so with r = ${r} it ` +
-          `needs lora_A [${wantA}] and lora_B [${wantB}]; the file has [${A.shape}] and [${B.shape}].`,
-      );
-    }
-    if (r > Math.min(base.inFeatures, base.outFeatures)) {
-      throw new RangeError(`loadAdapter: r = ${r} exceeds min(in, out) of the ${module} layer.`);
-    }
-    const m = byModule.get(module)?.m;
-    if (m !== undefined && !tf.util.arraysEqual(m.shape, [base.outFeatures])) {
-      throw new RangeError(
-        `loadAdapter: ${module} has ${base.outFeatures} output units, so its ${MAGNITUDE} must have shape ` +
-          `[${base.outFeatures}]; the file has [${m.shape}].`,
-      );
-    }
-    if (layer instanceof LinearWithAdapters && layer.adapters.has(adapterName)) {
-      throw new Error(
-        `loadAdapter: ${module} already has an adapter named "${adapterName}"; delete it or choose another name.`,
-      );
-    }
-    if (layer instanceof LinearWithAdapters && config.init_lora_weights === "pissa") {
-      throw new Error(
-        `loadAdapter: the adapter was trained from PiSSA's start, which replaces the base weight of ${module} by a ` +
-          "residual; that layer already has adapters, so the file can only be loaded onto a model without them.",
-      );
-    }
-    if (layer instanceof LinearWithAdapters && config.use_dora && layer.merged) {
-      throw new Error(
-        `loadAdapter: ${module} has adapters merged into its base weight, from which a DoRA adapter starts; ` +
-          "call unmergeAdapter first.",
-      );
-    }
-    settings.set(module, layerSettings(config, metadata, module));
+    throw error;
   }
-
-  // Everything checked: build the adapters, then attach them. (Should a step still fail, what was built is
-  // undone and PiSSA's residuals are put back.)
-  const activeBefore = loraLayers(model)[0]?.[1].activeAdapter;
-  const wrappers = new Map<string, LinearWithAdapters>();
-  const extended: LinearWithAdapters[] = [];
-  const init: LoRAInit | undefined = config.init_lora_weights === "pissa" || config.init_lora_weights === "gaussian"
-    ? config.init_lora_weights
-    : undefined;
-  const useDora = config.use_dora === true;
-  const plain = [...layers.values()].filter((layer): layer is Linear => layer instanceof Linear);
-  keepingWeights(init === "pissa" ? plain : [], () => {
-    try {
-      for (const [module, layer] of layers) {
-        const { rank: r, alpha, convention } = settings.get(module)!;
-        const options = { scaling: convention, adapterName, useDora, init };
-        let lora;
-        if (layer instanceof LinearWithAdapters) {
-          lora = layer.addAdapter(adapterName, r, alpha, options);
-          extended.push(layer);
-        } else {
-          const wrapper = new LinearWithAdapters(layer, r, alpha, options);
-          // Keep the model's current choice of adapter, if it has one, on newly wrapped layers too.
-          if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
-          wrappers.set(module, wrapper);
-          lora = wrapper.adapters.get(adapterName)!;
-        }
-        const { A, B, m } = byModule.get(module)!;
-        assignFrom(lora.A, transpose2d(A!.data, A!.shape));
-        assignFrom(lora.B, transpose2d(B!.data, B!.shape));
-        if (lora instanceof DoRALayer) assignFrom(lora.m, m!);
-      }
-    } catch (error) {
-      for (const layer of extended) layer.deleteAdapter(adapterName);
-      for (const wrapper of wrappers.values()) wrapper.lora.dispose();
-      throw error;
-    }
-  });
-  attachWrappers(model, wrappers);
+  attachAdapters(model, adapterName, where, adapters);
 }
 
 /**

@@ -2,7 +2,9 @@
  * What Hugging Face PEFT users expect on top of the tutorial's layers: named adapters on one base model,
  * targets by name, merging in place, mixed-adapter batches, and adapter files in PEFT's own format.
  *
- * - {@link ./layer.ts}: `LinearWithAdapters`, PEFT's LoRA layer with named adapters.
+ * - {@link ./layer.ts}: `LinearWithAdapters`, PEFT's layer with named adapters of any kind.
+ * - {@link ./kind.ts}: what an adapter kind is, and the table of kinds: {@link ./lora_kind.ts} (LoRA),
+ *   {@link ./dora_kind.ts} (DoRA), {@link ./vera.ts} (VeRA, its layer and kind in one file).
  * - {@link ./targets.ts}: `target_modules` matching (names, dotted suffixes, regular expressions, `"all-linear"`).
  * - {@link ./model.ts}: `addLoRA` and the model-wide adapter operations (add, select, disable, delete).
  * - {@link ./serve.ts}: merging in place, `mergeAndUnload`, mixed-adapter batches.
@@ -25,7 +27,27 @@
  *
  * @module
  */
-export { type AdapterLayerOptions, BASE_ADAPTER, LinearWithAdapters, type LinearWithAdaptersOptions } from "./layer.ts";
+export {
+  type AdapterLayerOptions,
+  BASE_ADAPTER,
+  isTutorialLayer,
+  LinearWithAdapters,
+  type LinearWithAdaptersOptions,
+} from "./layer.ts";
+export {
+  ADAPTER_KINDS,
+  type AdapterKind,
+  type AdapterSource,
+  type AdapterSpec,
+  type Factors,
+  kindOf,
+  type Placed,
+  type SavedAdapter,
+  type Target,
+} from "./kind.ts";
+export { loraKind } from "./lora_kind.ts";
+export { doraKind } from "./dora_kind.ts";
+export { veraKind, VeRALayer, type VeRAOptions, type VeRAProjections, veraProjections } from "./vera.ts";
 export { findTargets, matchesTarget, type TargetModules, type TargetOptions } from "./targets.ts";
 export {
   type AdapterOptions,
@@ -39,14 +61,7 @@ export {
   loraLayers,
   setAdapter,
 } from "./model.ts";
-export {
-  applyMixedBatch,
-  checkAdapterNames,
-  mergeAdapter,
-  mergeAndUnload,
-  unmergeAdapter,
-  withAdapterPerRow,
-} from "./serve.ts";
+export { applyMixedBatch, mergeAdapter, mergeAndUnload, unmergeAdapter } from "./serve.ts";
 export { type AdapterFiles, adapterFromFiles, adapterToFiles, loadAdapter, saveAdapter } from "./files.ts";
 export { layerRank, type LayerSettings, layerSettings, type LoraConfig, readConfig, writeConfig } from "./config.ts";
 export { addWeightedAdapter, COMBINATION_TYPES, type CombinationType, type WeightedAdapterOptions } from "./combine.ts";

@@ -8,56 +8,55 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
-import { LinearWithDoRAMerged } from "../dora.ts";
 import { Linear } from "../layers.ts";
-import { LinearWithLoRAMerged, LoRALayer } from "../lora.ts";
-import { getModule, type Module, namedModules, setModule } from "../module.ts";
-import { type AdapterLayerOptions, checkAdapterName, LinearWithAdapters, listNames } from "./layer.ts";
+import { freezeBase, getModule, type Module, namedModules, setModule } from "../module.ts";
+import { type AdapterSpec, kindNamed, type Target } from "./kind.ts";
+import { type AdapterLayerOptions, checkAdapterName, isTutorialLayer, LinearWithAdapters, listNames } from "./layer.ts";
 import { findTargets, type TargetOptions } from "./targets.ts";
 
 /**
- * Options for {@linkcode addLoRA}: rank, alpha, which layers, how A and B start (`init`), and DoRA
- * (`useDora`, with `normAxis` and `detachNorm`).
+ * Options for {@linkcode addLoRA}: the kind (`kind`, or `useDora`), rank, alpha, which layers, and the kind's
+ * own options (`init`, `scaling`, `normAxis`, `dInitial`, …).
  */
 export interface AddLoRAOptions extends AdapterLayerOptions, TargetOptions {
-  /** Inner dimension of A and B. */
+  /** Inner dimension: LoRA's and DoRA's rank, VeRA's projection width. */
   rank: number;
-  /** Scale hyperparameter; see `loraScaling`. */
-  alpha: number;
-  /**
-   * Wrap each target in the tutorial's {@linkcode LinearWithLoRAMerged} (`x·(W + ΔW)` on every call), or with
-   * `useDora` in {@linkcode LinearWithDoRAMerged} (`x·W′`), instead of {@linkcode LinearWithAdapters}. Such a
-   * model trains and saves its weights, but has no named adapters.
-   */
-  merged?: boolean;
+  /** Scale hyperparameter of LoRA and DoRA (see `loraScaling`); VeRA has none. */
+  alpha?: number;
 }
 
 /**
- * Wraps the chosen `Linear` layers of `model` in LoRA and freezes every base weight, in one step: PEFT's
+ * Wraps the chosen `Linear` layers of `model` in adapters and freezes everything else, in one step: PEFT's
  * `get_peft_model`. The default targets are every `Linear`, as in the tutorial; `targetModules` picks
  * others by name (see `TargetModules`). The model is changed in place and returned. Each wrapped layer gets
  * its own seed derived from `seed`, so runs repeat.
  *
- * `useDora: true` makes DoRA adapters (PEFT's `use_dora`; see `DoRALayer`): the trainable parameters gain
- * one magnitude per output unit (`lora.m`). `init` chooses how A and B start (see `LoRAInit`); with
- * `"pissa"` each target's base weight becomes PiSSA's residual, and if anything fails those weights are put
- * back before the error is thrown.
+ * The adapters are LoRA by default; `useDora: true` (PEFT's `use_dora`) or `kind: "dora"` makes DoRA adapters
+ * (see `DoRALayer`: one more trainable magnitude per output unit), `kind: "vera"` VeRA adapters (see
+ * `VeRALayer`). `init` chooses how LoRA's A and B start (see `LoRAInit`). Everything is built before the model
+ * changes: a bad option or target leaves it as it was (PiSSA's residuals included).
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA } from "./model.ts";
  * import { countParameters } from "../module.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8 });
- * console.log(countParameters(model)); // { total: 142322, trainable: 6248 }
+ * assert.deepEqual(countParameters(model), { total: 142322, trainable: 6248 });
  * const dora = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8, useDora: true });
- * console.log(countParameters(dora)); // { total: 142716, trainable: 6642 }: + 128 + 256 + 10 magnitudes
+ * assert.equal(countParameters(dora).trainable, 6248 + 128 + 256 + 10); // one magnitude per output unit
  * model.dispose();
  * dora.dispose();
  * ```
  */
 export function addLoRA<M extends Module>(model: M, options: AddLoRAOptions): M {
+  if ("merged" in options) {
+    throw new Error(
+      "addLoRA: the merged option is gone; build the tutorial's LinearWithLoRAMerged by hand, or merge an adapter " +
+        "with mergeAdapter.",
+    );
+  }
   const targets = findTargets(model, options, "addLoRA");
   for (const name of targets) {
     const layer = getModule(model, name);
@@ -65,41 +64,42 @@ export function addLoRA<M extends Module>(model: M, options: AddLoRAOptions): M 
       throw new Error(`addLoRA: ${name} already carries LoRA (${layer.constructor.name}); use addAdapter for more.`);
     }
   }
-  // Build every wrapper before changing the model, so a bad rank leaves the model as it was (PiSSA's
-  // residuals, written while building, are undone).
-  const Wrapper = options.merged ? (options.useDora ? LinearWithDoRAMerged : LinearWithLoRAMerged) : LinearWithAdapters;
-  const wrapped: Module[] = [];
-  keepingWeights(options.init === "pissa" ? targets.map((name) => getModule(model, name) as Linear) : [], () => {
-    try {
-      for (const [k, name] of targets.entries()) {
-        wrapped.push(new Wrapper(getModule(model, name), options.rank, options.alpha, adapterOptions(options, k)));
-      }
-    } catch (error) {
-      for (const layer of wrapped) (layer as LinearWithAdapters | LinearWithLoRAMerged).lora.dispose();
-      throw error;
-    }
-  });
-  targets.forEach((name, k) => setModule(model, name, wrapped[k]));
-  freezeBase(model);
-  return model;
+  return addAdapter(model, "default", options);
 }
 
 /**
- * The layers of `model` that carry named adapters, with their module names.
+ * The layers of `model` that carry adapters, with their module names. A layer built the tutorial's way
+ * (`LinearWithLoRA`, `LinearWithLoRAMerged`, `LinearWithDoRA`, `LinearWithDoRAMerged`, or any module whose
+ * children are a `linear` and a `lora`) is first turned, in place, into a {@linkcode LinearWithAdapters}
+ * that holds the same `linear` and the same adapter as `"default"`: parameter names and variables stay the
+ * same, and so do outputs (bit for bit for `LinearWithLoRA` and `LinearWithDoRA`, which compute as PEFT's layer
+ * does; up to float32 rounding for the merged forms). So every model-wide operation sees the tutorial's layers.
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA, loraLayers } from "./model.ts";
+ * import { LinearWithLoRA } from "../lora.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
- * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
- * console.log(loraLayers(model).map(([name]) => name)); // ["layers.0", "layers.2", "layers.4"]
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2, targetModules: ["0", "2"] });
+ * model.layers[4] = new LinearWithLoRA(model.layers[4], 1, 2); // the tutorial's way
+ * assert.deepEqual(loraLayers(model).map(([name]) => name), ["layers.0", "layers.2", "layers.4"]);
  * model.dispose();
  * ```
  */
 export function loraLayers(model: Module): [string, LinearWithAdapters][] {
-  return namedModules(model).filter((entry): entry is [string, LinearWithAdapters] =>
-    entry[1] instanceof LinearWithAdapters
-  );
+  const out: [string, LinearWithAdapters][] = [];
+  for (const [name, module] of namedModules(model)) {
+    if (module instanceof LinearWithAdapters) {
+      out.push([name, module]);
+    } else if (isTutorialLayer(module)) {
+      if (name === "") throw new Error("loraLayers: the model itself is a single adapted layer; wrap it in a model.");
+      const layer = new LinearWithAdapters(module.linear, module.lora as never);
+      setModule(model, name, layer);
+      out.push([name, layer]);
+    }
+  }
+  return out;
 }
 
 /**
@@ -107,11 +107,12 @@ export function loraLayers(model: Module): [string, LinearWithAdapters][] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addAdapter, addLoRA, listAdapters } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * addAdapter(model, "rotated", { rank: 2, alpha: 2 });
- * console.log(listAdapters(model)); // ["default", "rotated"]
+ * assert.deepEqual(listAdapters(model), ["default", "rotated"]);
  * model.dispose();
  * ```
  */
@@ -119,8 +120,8 @@ export function listAdapters(model: Module): string[] {
   return [...new Set(loraLayers(model).flatMap(([, layer]) => [...layer.adapters.keys()]))];
 }
 
-/** Options for {@linkcode addAdapter}: rank, alpha, scaling convention, seed and target layers. */
-export type AdapterOptions = Omit<AddLoRAOptions, "merged">;
+/** Options for {@linkcode addAdapter}: the same as {@linkcode addLoRA}'s. */
+export type AdapterOptions = AddLoRAOptions;
 
 /**
  * Adds a new adapter called `name` to the chosen layers (default: every linear layer), as PEFT's
@@ -132,63 +133,107 @@ export type AdapterOptions = Omit<AddLoRAOptions, "merged">;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addAdapter, addLoRA } from "./model.ts";
  * import { namedParameters } from "../module.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2, targetModules: ["layers.0"] });
  * addAdapter(model, "inverted", { rank: 1, alpha: 2, targetModules: ["layers.0"] });
- * console.log(namedParameters(model).map((p) => p.name).slice(2, 6));
- * // ["layers.0.lora.A", "layers.0.lora.B", "layers.0.lora_inverted.A", "layers.0.lora_inverted.B"]
+ * assert.deepEqual(
+ *   namedParameters(model).map((p) => p.name).slice(2, 6),
+ *   ["layers.0.lora.A", "layers.0.lora.B", "layers.0.lora_inverted.A", "layers.0.lora_inverted.B"],
+ * );
  * model.dispose();
  * ```
  */
 export function addAdapter<M extends Module>(model: M, name: string, options: AdapterOptions): M {
   checkAdapterName(name);
-  const targets = findTargets(model, options, "addAdapter");
-  const layers = targets.map((target) => {
-    const layer = getModule(model, target);
-    if (!(layer instanceof Linear || layer instanceof LinearWithAdapters)) {
-      throw new Error(`addAdapter: ${target} is a ${layer.constructor.name}, which holds no named adapters.`);
-    }
-    if (layer instanceof LinearWithAdapters && layer.adapters.has(name)) {
-      throw new Error(`addAdapter: ${target} already has an adapter named "${name}".`);
-    }
-    if (layer instanceof LinearWithAdapters && options.init === "pissa") {
-      throw new Error(
-        `addAdapter: ${target} already has adapters; PiSSA would replace its base weight under them, so it can ` +
-          "only be a layer's first adapter.",
-      );
-    }
-    return layer;
-  });
-  // Build everything first; undo what was built if a step fails, so the model is unchanged.
-  const activeBefore = loraLayers(model)[0]?.[1].activeAdapter;
-  const wrappers = new Map<string, LinearWithAdapters>();
-  const extended: LinearWithAdapters[] = [];
-  const plain = layers.filter((layer): layer is Linear => layer instanceof Linear);
-  keepingWeights(options.init === "pissa" ? plain : [], () => {
-    try {
-      for (const [k, layer] of layers.entries()) {
-        const lora = adapterOptions(options, k);
-        if (layer instanceof LinearWithAdapters) {
-          layer.addAdapter(name, options.rank, options.alpha, lora);
-          extended.push(layer);
-        } else {
-          const wrapper = new LinearWithAdapters(layer, options.rank, options.alpha, { ...lora, adapterName: name });
-          // As in PEFT, the new adapter stays inactive (and frozen) until setAdapter picks it, unless it is the
-          // first.
-          if (activeBefore !== undefined) wrapper.setAdapter(activeBefore);
-          wrappers.set(targets[k], wrapper);
-        }
-      }
-    } catch (error) {
-      for (const layer of extended) layer.deleteAdapter(name);
-      for (const wrapper of wrappers.values()) wrapper.lora.dispose();
-      throw error;
-    }
-  });
-  attachWrappers(model, wrappers);
+  const kind = kindNamed(options);
+  const targets = adapterTargets(model, name, findTargets(model, options, "addAdapter"), "addAdapter");
+  const { targetModules: _targets, excludeModules: _exclude, ...spec } = options;
+  let adapters: Module[];
+  try {
+    adapters = kind.create(targets, spec as AdapterSpec);
+  } catch (error) {
+    throw prefixed(error, "addAdapter");
+  }
+  attachAdapters(model, name, targets, adapters);
   return model;
+}
+
+/**
+ * The targets of a new adapter `name`, each a plain `Linear` or a layer that carries adapters (but not one
+ * called `name`), with what the kinds need to know of them; throws, naming the module, for anything else.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { adapterTargets, addLoRA } from "./model.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2, targetModules: ["layers.0"] });
+ * const [first, second] = adapterTargets(model, "other", ["layers.0", "layers.2"], "example");
+ * assert.deepEqual([first.existing, second.existing], [["default"], []]);
+ * model.dispose();
+ * ```
+ */
+export function adapterTargets(model: Module, name: string, modules: readonly string[], caller: string): Target[] {
+  const hosts = new Map(loraLayers(model));
+  return modules.map((module) => {
+    const layer = hosts.get(module) ?? getModule(model, module);
+    if (layer instanceof LinearWithAdapters) {
+      if (layer.adapters.has(name)) throw new Error(`${caller}: ${module} already has an adapter named "${name}".`);
+      return { module, base: layer.linear, existing: [...layer.adapters.keys()], merged: layer.merged };
+    }
+    if (!(layer instanceof Linear)) {
+      throw new Error(`${caller}: ${module} is a ${layer.constructor.name}, which holds no named adapters.`);
+    }
+    return { module, base: layer, existing: [], merged: false };
+  });
+}
+
+/**
+ * Puts `adapters` (one per target, already built) into `model` as adapter `name`, the commit step of every
+ * operation that attaches adapters (`addLoRA`, `addAdapter`, `loadAdapter`, `addWeightedAdapter`): a plain
+ * `Linear` is wrapped in a {@linkcode LinearWithAdapters}, a wrapped layer gains the adapter, and every base
+ * weight is frozen. The model's current choice of active adapter is kept, so the new adapter stays frozen and
+ * inactive until `setAdapter` (unless the model had none yet). Nothing here can fail once the targets are
+ * checked by {@linkcode adapterTargets}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { adapterTargets, attachAdapters, listAdapters } from "./model.ts";
+ * import { loraKind } from "./lora_kind.ts";
+ * import { MultilayerPerceptron } from "../mlp.ts";
+ * const model = new MultilayerPerceptron(4, 3, 3, 2);
+ * const targets = adapterTargets(model, "default", ["layers.0"], "example");
+ * attachAdapters(model, "default", targets, loraKind.create(targets, { rank: 1, alpha: 2 }));
+ * assert.deepEqual(listAdapters(model), ["default"]);
+ * model.dispose();
+ * ```
+ */
+export function attachAdapters(model: Module, name: string, targets: readonly Target[], adapters: Module[]): void {
+  const hosts = new Map(loraLayers(model));
+  const activeBefore = [...hosts.values()][0]?.activeAdapter;
+  targets.forEach(({ module }, k) => {
+    const host = hosts.get(module);
+    if (host !== undefined) {
+      host.insertAdapter(name, adapters[k] as never);
+    } else {
+      const layer = new LinearWithAdapters(getModule(model, module), adapters[k] as never, undefined, {
+        adapterName: name,
+      });
+      if (activeBefore !== undefined) layer.setAdapter(activeBefore);
+      setModule(model, module, layer);
+    }
+  });
+  freezeBase(model);
+}
+
+/** `error` with `caller: ` in front of its message, unless it is there already. */
+function prefixed(error: unknown, caller: string): unknown {
+  if (error instanceof Error && !error.message.startsWith(caller)) error.message = `${caller}: ${error.message}`;
+  return error;
 }
 
 /**
@@ -278,71 +323,6 @@ export function disableAdapters(model: Module): void {
  */
 export function enableAdapters(model: Module): void {
   for (const [, layer] of loraLayers(model)) layer.enableAdapters();
-}
-
-/** The options of one new adapter, target number `k`: each target's seed is `seed + k`. */
-function adapterOptions(options: AdapterLayerOptions, k: number): AdapterLayerOptions {
-  const { scaling, init, useDora, normAxis, detachNorm } = options;
-  return {
-    scaling,
-    init,
-    useDora,
-    normAxis,
-    detachNorm,
-    seed: options.seed === undefined ? undefined : options.seed + k,
-  };
-}
-
-/**
- * Runs `build`; if it throws, puts back the weights of `linears` it may have changed (PiSSA writes its
- * residual while adapters are built), so that a refused call leaves the model as it was.
- *
- * @example
- * ```ts
- * import { Linear } from "../layers.ts";
- * import { LoRALayer, pissaInit } from "../lora.ts";
- * import { keepingWeights } from "./model.ts";
- * const linear = new Linear(4, 3, { seed: 1 });
- * const before = linear.weight.dataSync().slice();
- * try {
- *   keepingWeights([linear], () => {
- *     pissaInit(linear, new LoRALayer(4, 3, 1, 2)); // rewrites the weight…
- *     throw new Error("a later step fails");
- *   });
- * } catch {
- *   console.log(linear.weight.dataSync().every((w, i) => w === before[i])); // true: …and it is put back
- * }
- * ```
- */
-export function keepingWeights(linears: Linear[], build: () => void): void {
-  const saved = linears.map((linear) => tf.clone(linear.weight));
-  try {
-    build();
-  } catch (error) {
-    linears.forEach((linear, k) => linear.weight.assign(saved[k]));
-    throw error;
-  } finally {
-    tf.dispose(saved);
-  }
-}
-
-/** Puts the new wrappers in place and freezes every base weight of the model, as `addLoRA` and PEFT do. */
-export function attachWrappers(model: Module, wrappers: Map<string, LinearWithAdapters>): void {
-  for (const [name, wrapper] of wrappers) setModule(model, name, wrapper);
-  freezeBase(model);
-}
-
-/**
- * Freezes every parameter of `model` outside its adapters (`LoRALayer`s, DoRA's included), leaving the
- * adapters' own flags alone: PEFT's `mark_only_lora_as_trainable`. In a model made of linear layers only,
- * such as the perceptron, that is the tutorial's `freezeLinearLayers`; a GPT's embeddings and LayerNorms are
- * frozen too, as PEFT freezes them.
- */
-function freezeBase(model: Module): void {
-  for (const [, module] of namedModules(model)) {
-    if (module instanceof LoRALayer) continue;
-    for (const [, variable] of module.ownParameters()) variable.trainable = false;
-  }
 }
 
 /** Throws, naming the adapters the model has, unless some layer of `model` has adapter `name`. */

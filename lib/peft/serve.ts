@@ -5,11 +5,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { LinearWithDoRA, LinearWithDoRAMerged } from "../dora.ts";
-import { LinearWithLoRA, LinearWithLoRAMerged } from "../lora.ts";
-import { type Module, namedModules, setModule } from "../module.ts";
-import { BASE_ADAPTER, LinearWithAdapters, listNames } from "./layer.ts";
-import { listAdapters, loraLayers, refuseMerged } from "./model.ts";
+import { type Module, setModule } from "../module.ts";
+import { checkAdapterNames, withAdapterPerRow } from "./_rows.ts";
+import { loraLayers } from "./model.ts";
 
 /**
  * Folds adapter `name` (default: each layer's active one) into the base weights of every layer that has it
@@ -65,10 +63,10 @@ export function unmergeAdapter(model: Module): void {
 
 /**
  * Folds each LoRA layer's update into its base weight and puts the plain `Linear` back, freeing the adapters:
- * PEFT's `merge_and_unload`. For {@linkcode LinearWithAdapters} the update is the active adapter's (or what is
- * already merged); the tutorial's {@linkcode LinearWithLoRA} and {@linkcode LinearWithLoRAMerged} fold their
- * one update, and {@linkcode LinearWithDoRA} and {@linkcode LinearWithDoRAMerged} store their `W′`. What is left is a model of plain layers that computes what the adapted model computed, up to
- * float32 rounding. Refused, with nothing changed, while adapters are disabled.
+ * PEFT's `merge_and_unload`. The update is each layer's active adapter (or what is already merged), folded as
+ * its kind folds it (LoRA and VeRA add ΔW, DoRA stores `W′`); the tutorial's layers (`LinearWithLoRA`, …) fold
+ * their one adapter. What is left is a model of plain layers that computes what the adapted model computed, up
+ * to float32 rounding. Refused, with nothing changed, while adapters are disabled.
  *
  * @example
  * ```ts
@@ -81,25 +79,14 @@ export function unmergeAdapter(model: Module): void {
  * ```
  */
 export function mergeAndUnload<M extends Module>(model: M): M {
-  if (loraLayers(model).some(([, layer]) => layer.adaptersDisabled)) {
+  const layers = loraLayers(model); // the tutorial's layers too
+  if (layers.some(([, layer]) => layer.adaptersDisabled)) {
     throw new Error("mergeAndUnload: adapters are disabled; call enableAdapters first.");
   }
-  for (const [name, layer] of namedModules(model)) {
-    if (layer instanceof LinearWithAdapters) {
-      if (!layer.merged && layer.adapters.has(layer.activeAdapter)) layer.merge();
-      for (const lora of layer.adapters.values()) lora.dispose();
-      setModule(model, name, layer.linear);
-    } else if (layer instanceof LinearWithLoRA || layer instanceof LinearWithLoRAMerged) {
-      const { linear, lora } = layer;
-      tf.tidy(() => linear.weight.assign(tf.add(linear.weight, lora.deltaWeight())));
-      lora.dispose();
-      setModule(model, name, linear);
-    } else if (layer instanceof LinearWithDoRA || layer instanceof LinearWithDoRAMerged) {
-      const { linear, lora } = layer;
-      tf.tidy(() => linear.weight.assign(lora.adaptedWeight(linear.weight)));
-      lora.dispose();
-      setModule(model, name, linear);
-    }
+  for (const [name, layer] of layers) {
+    if (!layer.merged && layer.adapters.has(layer.activeAdapter)) layer.merge();
+    for (const adapter of layer.adapters.values()) adapter.dispose();
+    setModule(model, name, layer.linear);
   }
   return model;
 }
@@ -137,55 +124,4 @@ export function applyMixedBatch<T extends tf.Tensor, R extends tf.Tensor>(
     );
   }
   return tf.tidy(() => withAdapterPerRow(model, adapterNames, () => model.apply(x) as R));
-}
-
-/**
- * Throws, naming `caller`, unless every name in `adapterNames` is an adapter of `model` or
- * {@linkcode BASE_ADAPTER}, and nothing is merged: what a batch with one adapter per row needs.
- *
- * @example
- * ```ts
- * import { addLoRA } from "./model.ts";
- * import { checkAdapterNames } from "./serve.ts";
- * import { MultilayerPerceptron } from "../mlp.ts";
- * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
- * checkAdapterNames(model, ["default", "__base__"], "example"); // fine
- * model.dispose();
- * ```
- */
-export function checkAdapterNames(model: Module, adapterNames: readonly string[], caller: string): void {
-  const known = new Set(listAdapters(model));
-  const unknown = [...new Set(adapterNames)].filter((name) => name !== BASE_ADAPTER && !known.has(name));
-  if (unknown.length > 0) {
-    throw new Error(
-      `${caller}: unknown adapters ${listNames(unknown)}; the model has ${listNames(known)} ` +
-        `(and "${BASE_ADAPTER}" for none).`,
-    );
-  }
-  refuseMerged(model, caller);
-}
-
-/**
- * Runs `fn` (which runs `model`) with every LoRA layer of `model` taking row `i`'s adapter from
- * `adapterNames[i]`: the mechanism behind {@linkcode applyMixedBatch}, for callers that run the model
- * themselves, such as `generate`. Check the names first with {@linkcode checkAdapterNames}.
- *
- * @example
- * ```ts
- * import * as tf from "@tensorflow/tfjs";
- * import { addLoRA } from "./model.ts";
- * import { withAdapterPerRow } from "./serve.ts";
- * import { MultilayerPerceptron } from "../mlp.ts";
- * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
- * const y = withAdapterPerRow(model, ["default", "__base__"], () => model.apply(tf.ones([2, 4])));
- * console.log(y.shape); // [2, 2]
- * model.dispose();
- * ```
- */
-export function withAdapterPerRow<R>(model: Module, adapterNames: readonly string[], fn: () => R): R {
-  const layers = loraLayers(model).map(([, layer]) => layer);
-  const run = (
-    i: number,
-  ): R => (i === layers.length ? fn() : layers[i].withRowAdapters(adapterNames, () => run(i + 1)));
-  return run(0);
 }

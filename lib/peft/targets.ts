@@ -5,9 +5,8 @@
  * @module
  */
 import { Linear } from "../layers.ts";
-import { LinearWithLoRA, LinearWithLoRAMerged } from "../lora.ts";
 import { type Module, namedModules } from "../module.ts";
-import { LinearWithAdapters, listNames } from "./layer.ts";
+import { isTutorialLayer, LinearWithAdapters, listNames } from "./layer.ts";
 
 /**
  * Which modules to adapt, as PEFT's `target_modules` reads it:
@@ -117,8 +116,7 @@ function adaptableModules(model: Module): [string, Module][] {
 }
 
 function isWrapper(module: Module): boolean {
-  return module instanceof LinearWithAdapters || module instanceof LinearWithLoRA ||
-    module instanceof LinearWithLoRAMerged;
+  return module instanceof LinearWithAdapters || isTutorialLayer(module);
 }
 
 /** A module an adapter can go on: a `Linear`, or a layer that already adds LoRA to one. */
