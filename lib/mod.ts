@@ -34,6 +34,7 @@
 export { BACKEND_NAMES, type BackendName, initBackend } from "./backend.ts";
 export {
   countParameters,
+  freezeBase,
   getModule,
   Module,
   namedModules,
@@ -86,6 +87,7 @@ export {
   computeAccuracy,
   crossEntropy,
   type EpochSummary,
+  type ParameterGroup,
   type Progress,
   train,
   type TrainHistory,
@@ -113,6 +115,7 @@ export {
   BASE_ADAPTER,
   COMBINATION_TYPES,
   type CombinationType,
+  createLoraPlusOptimizer,
   deleteAdapter,
   disableAdapters,
   doraKind,
@@ -130,6 +133,7 @@ export {
   type LoraConfig,
   loraKind,
   loraLayers,
+  type LoraPlusOptions,
   type MajoritySignMethod,
   matchesTarget,
   mergeAdapter,

@@ -28,6 +28,20 @@ export interface AdamOptions {
    * cpu); default `true`. `false` always uses tensor kernels, as on webgpu; both give the same numbers.
    */
   fused?: boolean;
+  /**
+   * Parameter groups with learning rates of their own, PyTorch's `param_groups`: each variable listed in a
+   * group is updated with that group's rate, every other variable with `learningRate`. LoRA+ uses it (see
+   * `createLoraPlusOptimizer`).
+   */
+  groups?: readonly ParameterGroup[];
+}
+
+/** Variables that share a learning rate (see {@linkcode AdamOptions.groups}). */
+export interface ParameterGroup {
+  /** The variables of this group. */
+  variables: readonly tf.Variable[];
+  /** Their learning rate. */
+  learningRate: number;
 }
 
 /** One variable's optimizer state: its first and second moments, shaped like it. */
@@ -76,6 +90,8 @@ export class Adam extends tf.Optimizer {
   readonly epsilon: number;
   /** Whether the one-loop update is used where the backend allows it; see {@linkcode AdamOptions.fused}. */
   readonly fused: boolean;
+  /** The learning rate of each variable in a parameter group, by variable name. */
+  #rates = new Map<string, number>();
   #state = new Map<string, Moments>();
   #step = 0;
 
@@ -85,10 +101,23 @@ export class Adam extends tf.Optimizer {
   /** An Adam optimizer with step size `learningRate`; the options default to PyTorch's. */
   constructor(learningRate: number, options: AdamOptions = {}) {
     super();
-    const { beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, fused = true } = options;
+    const { beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, fused = true, groups = [] } = options;
     if (!(learningRate > 0) || !Number.isFinite(learningRate)) {
       throw new RangeError(`Adam: learningRate must be a positive finite number; got ${learningRate}.`);
     }
+    groups.forEach((group, g) => {
+      if (!(group.learningRate > 0) || !Number.isFinite(group.learningRate)) {
+        throw new RangeError(
+          `Adam: group ${g} has learning rate ${group.learningRate}; expected a positive finite number.`,
+        );
+      }
+      for (const variable of group.variables) {
+        if (this.#rates.has(variable.name)) {
+          throw new RangeError(`Adam: ${variable.name} is in more than one parameter group.`);
+        }
+        this.#rates.set(variable.name, group.learningRate);
+      }
+    });
     for (const [name, value] of [["beta1", beta1], ["beta2", beta2]] as const) {
       if (!(value >= 0 && value < 1)) throw new RangeError(`Adam: ${name} must be in [0, 1); got ${value}.`);
     }
@@ -126,7 +155,7 @@ export class Adam extends tf.Optimizer {
     const c2 = Math.sqrt(1 - this.beta2 ** t);
     // Bias correction folded into one step size and one epsilon per step (computed here in float64), instead of
     // two extra divisions of every element.
-    const alpha = this.learningRate * c2 / (1 - this.beta1 ** t);
+    const correction = 1 - this.beta1 ** t;
     const eps = this.epsilon * c2;
     const host = this.fused ? hostMemory() : null;
     // Every gradient is checked before any variable changes, so a bad one leaves the step undone, not half done.
@@ -134,6 +163,7 @@ export class Adam extends tf.Optimizer {
     for (const [name, grad] of present) this.#check(name, grad);
     for (const [name, grad] of present) {
       const state = this.#moments(name);
+      const alpha = (this.#rates.get(name) ?? this.learningRate) * c2 / correction;
       if (host !== null) this.#updateOnHost(host, state, grad, alpha, eps);
       else this.#updateWithKernels(state, grad, alpha, eps);
     }
@@ -160,6 +190,11 @@ export class Adam extends tf.Optimizer {
   /** Restoring state is not supported: this optimizer is for training runs that start from zero moments. */
   override setWeights(_weightValues: NamedTensor[]): Promise<void> {
     return Promise.reject(new Error("Adam.setWeights is not supported; start a new Adam instead."));
+  }
+
+  /** The learning rate `variable` is updated with: its group's, or `learningRate`. */
+  learningRateOf(variable: tf.Variable): number {
+    return this.#rates.get(variable.name) ?? this.learningRate;
   }
 
   /** The hyperparameters, as tfjs serializes optimizers. */

@@ -10,7 +10,7 @@ import { Adam } from "./optim.ts";
 import { softmaxCrossEntropy } from "./ops.ts";
 import { releaseAbandonedTape } from "./tfjs_internals.ts";
 
-export { Adam, type AdamOptions } from "./optim.ts";
+export { Adam, type AdamOptions, type ParameterGroup } from "./optim.ts";
 
 /**
  * Adam as PyTorch's `torch.optim.Adam(params, lr)` sets it up: β₁ = 0.9, β₂ = 0.999, ε = 1e-8

@@ -5,6 +5,7 @@
  * - {@link ./layer.ts}: `LinearWithAdapters`, PEFT's layer with named adapters of any kind.
  * - {@link ./kind.ts}: what an adapter kind is, and the table of kinds: {@link ./lora_kind.ts} (LoRA),
  *   {@link ./dora_kind.ts} (DoRA), {@link ./vera.ts} (VeRA, its layer and kind in one file).
+ * - {@link ./loraplus.ts}: LoRA+'s optimizer, B learning faster than A.
  * - {@link ./targets.ts}: `target_modules` matching (names, dotted suffixes, regular expressions, `"all-linear"`).
  * - {@link ./model.ts}: `addLoRA` and the model-wide adapter operations (add, select, disable, delete).
  * - {@link ./serve.ts}: merging in place, `mergeAndUnload`, mixed-adapter batches.
@@ -46,6 +47,7 @@ export {
   type Target,
 } from "./kind.ts";
 export { loraKind } from "./lora_kind.ts";
+export { createLoraPlusOptimizer, type LoraPlusOptions } from "./loraplus.ts";
 export { doraKind } from "./dora_kind.ts";
 export { veraKind, VeRALayer, type VeRAOptions, type VeRAProjections, veraProjections } from "./vera.ts";
 export { findTargets, matchesTarget, type TargetModules, type TargetOptions } from "./targets.ts";
