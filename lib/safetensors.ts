@@ -129,9 +129,12 @@ export interface DecodeOptions {
  *
  * Values are checked, not only shapes: a NaN or ±Infinity (in any of the three dtypes) is a `RangeError`
  * naming the tensor, the first bad value's flat index and its index along each dimension, unless
- * `options.allowNonFinite` is set. The check looks at each value's exponent bits while it is converted, in the
- * same pass; on a 50 MB file it adds about 3% (F32) and nothing measurable (F16, BF16) to decoding, see the
- * project's README for the figures.
+ * `options.allowNonFinite` is set. The check looks at each value's exponent bits (all ones: NaN or infinite)
+ * in the loop that copies or converts it. Its cost, measured on the project's 2-core machine: nothing
+ * measurable for F16 and BF16, which are converted value by value anyway; for F32, which is otherwise one bulk
+ * copy, about 1 ns a value: a 50 MB file decodes in 49–79 ms instead of 15–53 ms (with the machine's load),
+ * which is 5–10% of loading that file into a model. Decoding with the check is still faster than this reader
+ * was before it (a `DataView` loop: 36–88 ms for F32, and 10× slower for F16).
  *
  * @example
  * ```ts

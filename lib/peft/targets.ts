@@ -91,12 +91,14 @@ const PATTERN_CACHE = new Map<string, TargetPattern>();
  *
  * - refused, with an error naming the construct and its position: lookahead `(?=…)` and `(?!…)`, backreferences
  *   `\1` and `(?P=name)`, atomic groups `(?>…)`, possessive quantifiers `*+ ++ ?+`, conditionals `(?(1)…)` and
- *   comments `(?#…)`: none can be matched in linear time (RE2 leaves them out for that reason);
- * - `\d`, `\w`, `\s` and `\b` are ASCII-only here (Python's are Unicode-aware), and repeat counts stop at 1000;
+ *   comments `(?#…)`: RE2 leaves them out to keep every match linear in time;
+ * - `\d`, `\w`, `\s` and `\b` are ASCII-only here (Python's are Unicode-aware), repeat counts stop at 1000,
+ *   and `$` matches only at the very end (Python's also before a final newline, which module names never have);
  * - a pattern of more than {@linkcode MAX_PATTERN_LENGTH} characters is refused.
  *
- * Every `target_modules`, `exclude_modules`, `rank_pattern` and `alpha_pattern` pattern in PEFT's test suite
- * (peft 0.20, `tests/`) compiles and matches as in Python except one: `^(model(?=\.).*\.(q_proj|…))$` in
+ * The `target_modules`, `exclude_modules`, `rank_pattern` and `alpha_pattern` patterns of PEFT's test suite
+ * (`tests/` of peft 0.20.1.dev0, as read) compile and match as Python matches them (the project's tests compare
+ * the two on the same names), except one: `^(model(?=\.).*\.(q_proj|…))$` in
  * `tests/test_integrations.py` (the shape ms-swift writes), refused for its lookahead. Written without it,
  * `^(model\.(?:.*\.)?(q_proj|…))$` selects the same modules.
  *
