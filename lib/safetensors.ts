@@ -267,7 +267,7 @@ function readValues(raw: Uint8Array, dtype: Dtype, check: boolean): { data: Floa
   const aligned = raw.byteOffset % width === 0 ? raw : raw.slice();
   let firstBad = -1;
   if (dtype === "F32") {
-    if (!check) return { data: new Float32Array(aligned.slice().buffer), firstBad };
+    if (!check) return { data: new Float32Array((aligned === raw ? raw.slice() : aligned).buffer), firstBad };
     // Copying value by value while looking at each exponent costs about what one bulk copy costs.
     const source = new Uint32Array(aligned.buffer, aligned.byteOffset, count);
     const data = new Float32Array(count);

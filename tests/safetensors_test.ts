@@ -90,6 +90,8 @@ Deno.test("a file whose bytes start at an odd offset in its buffer is read corre
   const shifted = new Uint8Array(bytes.length + 1);
   shifted.set(bytes, 1);
   assertEquals(decodeSafetensors(shifted.subarray(1)).tensors.get("x")!.data, new Float32Array([1.5, -2.5]));
+  const raw = decodeSafetensors(shifted.subarray(1), { allowNonFinite: true }).tensors.get("x")!.data;
+  assertEquals([raw, raw.buffer.byteLength], [new Float32Array([1.5, -2.5]), 8]);
 });
 
 Deno.test("malformed files: each problem is named", () => {
