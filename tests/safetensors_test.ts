@@ -51,7 +51,8 @@ Deno.test("the header is padded with spaces to a multiple of 8 bytes; no tensors
 
 Deno.test("float32 values round-trip bit for bit, NaN, infinities, -0 and subnormals included", () => {
   const data = new Float32Array([Math.PI, -0, 0, Infinity, -Infinity, NaN, 1e-45, 3.4028234663852886e38, -1.5e-40]);
-  const back = decodeSafetensors(encodeSafetensors(new Map([["x", { shape: [3, 3], data }]]))).tensors.get("x")!;
+  const bytes = encodeSafetensors(new Map([["x", { shape: [3, 3], data }]]));
+  const back = decodeSafetensors(bytes, { allowNonFinite: true }).tensors.get("x")!;
   assertEquals(back.shape, [3, 3]);
   assertEquals(new Uint32Array(back.data.buffer), new Uint32Array(data.buffer));
 });
@@ -75,9 +76,10 @@ Deno.test("F16 and BF16 from the hand-made fixture become float32", async () => 
   assert.ok(Object.is(f16.data[5], -0), "F16 0x8000 is -0");
 });
 
-Deno.test("F16 infinities and NaN", () => {
+Deno.test("F16 infinities and NaN, read as stored with allowNonFinite", () => {
   const header = '{"h":{"dtype":"F16","shape":[3],"data_offsets":[0,6]}}';
-  const { data } = decodeSafetensors(rawFile(header, [0x00, 0x7c, 0x00, 0xfc, 0x01, 0x7c])).tensors.get("h")!;
+  const file = rawFile(header, [0x00, 0x7c, 0x00, 0xfc, 0x01, 0x7c]);
+  const { data } = decodeSafetensors(file, { allowNonFinite: true }).tensors.get("h")!;
   assertEquals(data[0], Infinity);
   assertEquals(data[1], -Infinity);
   assert.ok(Number.isNaN(data[2]));
@@ -88,6 +90,8 @@ Deno.test("a file whose bytes start at an odd offset in its buffer is read corre
   const shifted = new Uint8Array(bytes.length + 1);
   shifted.set(bytes, 1);
   assertEquals(decodeSafetensors(shifted.subarray(1)).tensors.get("x")!.data, new Float32Array([1.5, -2.5]));
+  const raw = decodeSafetensors(shifted.subarray(1), { allowNonFinite: true }).tensors.get("x")!.data;
+  assertEquals([raw, raw.buffer.byteLength], [new Float32Array([1.5, -2.5]), 8]);
 });
 
 Deno.test("malformed files: each problem is named", () => {
@@ -188,4 +192,78 @@ Deno.test("encode refuses a shape that does not fit the values, and reserved nam
     RangeError,
     /cannot name a tensor/,
   );
+});
+
+Deno.test("a NaN or infinity in F32, F16 or BF16 is refused, naming the file, tensor, flat index and index", () => {
+  // Each dtype's bit patterns for +Inf, -Inf and a NaN, little-endian, placed at flat index 4 of a [2, 3] tensor.
+  const patterns: Record<string, { width: number; bad: number[][] }> = {
+    F32: { width: 4, bad: [[0, 0, 0x80, 0x7f], [0, 0, 0x80, 0xff], [1, 0, 0xc0, 0x7f]] },
+    F16: { width: 2, bad: [[0x00, 0x7c], [0x00, 0xfc], [0x01, 0x7e]] },
+    BF16: { width: 2, bad: [[0x80, 0x7f], [0x80, 0xff], [0xc1, 0x7f]] },
+  };
+  for (const [dtype, { width, bad }] of Object.entries(patterns)) {
+    bad.forEach((pattern, k) => {
+      const data = new Uint8Array(6 * width); // zeros: finite
+      data.set(pattern, 4 * width);
+      data.set(pattern, 5 * width); // a second bad value: the first is the one named
+      const header = `{"ok":{"dtype":"${dtype}","shape":[1],"data_offsets":[0,${width}]},` +
+        `"w":{"dtype":"${dtype}","shape":[2,3],"data_offsets":[${width},${7 * width}]}}`;
+      const file = rawFile(header, [...new Uint8Array(width), ...data]);
+      const shown = ["Infinity", "-Infinity", "NaN"][k];
+      assertThrows(
+        () => decodeSafetensors(file, { source: "model.safetensors" }),
+        RangeError,
+        new RegExp(
+          `^safetensors \\(model\\.safetensors\\): tensor "w" holds ${shown} at flat index 4 ` +
+            `\\(index \\[1, 1\\] of shape \\[2, 3\\], ${dtype}\\); weights must be finite`,
+        ),
+      );
+      // Without a source the message starts with the module's name alone; with the opt-out the value comes back.
+      assertThrows(() => decodeSafetensors(file), RangeError, /^safetensors: tensor "w" holds/);
+      const raw = decodeSafetensors(file, { allowNonFinite: true }).tensors.get("w")!.data;
+      assert.ok(!Number.isFinite(raw[4]) && !Number.isFinite(raw[5]) && raw[3] === 0, `${dtype} ${shown}`);
+    });
+  }
+});
+
+Deno.test("finite extremes pass the value check in every dtype", () => {
+  const f32 = new Float32Array([3.4028234663852886e38, -3.4028234663852886e38, 1e-45, -0]);
+  const back = decodeSafetensors(encodeSafetensors(new Map([["x", { shape: [4], data: f32 }]]))).tensors.get("x")!;
+  assertEquals(back.data, f32);
+  // F16 65504 (0x7bff) and BF16's largest finite value (0x7f7f) are finite.
+  const header =
+    '{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"b":{"dtype":"BF16","shape":[1],"data_offsets":[2,4]}}';
+  const { tensors } = decodeSafetensors(rawFile(header, [0xff, 0x7b, 0x7f, 0x7f]));
+  assertEquals(tensors.get("a")!.data[0], 65504);
+  assertEquals(tensors.get("b")!.data[0], 3.3895313892515355e38);
+});
+
+Deno.test("every F16 bit pattern converts as the reference formula says", () => {
+  const data = new Uint8Array(2 * 65536);
+  for (let h = 0; h < 65536; h++) [data[2 * h], data[2 * h + 1]] = [h & 0xff, h >> 8];
+  const file = rawFile(`{"h":{"dtype":"F16","shape":[65536],"data_offsets":[0,${data.length}]}}`, data);
+  const values = decodeSafetensors(file, { allowNonFinite: true }).tensors.get("h")!.data;
+  for (const h of [0x0001, 0x03ff, 0x0400, 0x3c00, 0x3555, 0x7bff, 0x8001, 0xc000]) {
+    const exponent = (h >> 10) & 0x1f, fraction = h & 0x3ff, sign = h & 0x8000 ? -1 : 1;
+    const expected = exponent === 0 ? sign * fraction * 2 ** -24 : sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+    assertEquals(values[h], Math.fround(expected), `0x${h.toString(16)}`);
+  }
+  assertEquals(values.filter((v) => !Number.isFinite(v)).length, 2 * 1024, "exponent 31: 2 × 1024 patterns");
+});
+
+Deno.test("errors name the source; decoded values never alias the caller's bytes", () => {
+  assertThrows(
+    () => decodeSafetensors(new Uint8Array(3), { source: "x.bin" }),
+    RangeError,
+    /^safetensors \(x\.bin\): the file has 3/,
+  );
+  assertThrows(
+    () => decodeSafetensors([1, 2] as unknown as Uint8Array),
+    TypeError,
+    /expected the file's bytes as a Uint8Array; got an array/,
+  );
+  const bytes = encodeSafetensors(new Map([["x", { shape: [1], data: new Float32Array([1]) }]]));
+  const data = decodeSafetensors(bytes).tensors.get("x")!.data;
+  bytes.fill(0, bytes.length - 4);
+  assertEquals(data[0], 1);
 });

@@ -3,6 +3,7 @@ import {
   addLoRA,
   countParameters,
   decodeSafetensors,
+  encodeSafetensors,
   initBackend,
   type Linear,
   loadWeights,
@@ -105,6 +106,45 @@ Deno.test("weights: saveWeights and loadWeights round-trip through a file under 
     trained.dispose();
     fresh.dispose();
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("weights: a NaN or infinity in the file is refused, naming the file, tensor and index; model unchanged", async () => {
+  const dir = await Deno.makeTempDir({ dir: "data", prefix: "tmp-weights-test-" });
+  const model = small(3);
+  const before = snapshot(model);
+  try {
+    await assertNoLeak(async () => {
+      const source = small(4);
+      // layers.2.weight is [in 16, out 12] here and [12, 16] in the file; value (row 1, column 5) of the file.
+      const { tensors, metadata } = decodeSafetensors(await weightsToSafetensors(source));
+      source.dispose();
+      for (const bad of [NaN, Infinity, -Infinity]) {
+        const data = tensors.get("layers.2.weight")!.data.slice();
+        data[16 + 5] = bad;
+        const poisoned = new Map(tensors);
+        poisoned.set("layers.2.weight", { ...tensors.get("layers.2.weight")!, data });
+        const bytes = encodeSafetensors(poisoned, metadata);
+        assertThrows(
+          () => weightsFromSafetensors(model, bytes, "poisoned.safetensors"),
+          RangeError,
+          new RegExp(
+            `^safetensors \\(poisoned\\.safetensors\\): tensor "layers\\.2\\.weight" holds ${bad} at flat index 21 ` +
+              `\\(index \\[1, 5\\] of shape \\[12, 16\\], F32\\)`,
+          ),
+        );
+        await Deno.writeFile(`${dir}/bad.safetensors`, bytes);
+        await assertRejects(
+          () => loadWeights(model, `${dir}/bad.safetensors`),
+          RangeError,
+          new RegExp(`\\(${dir}/bad\\.safetensors\\): tensor "layers\\.2\\.weight" holds ${bad}`),
+        );
+      }
+    });
+    assertUnchanged(model, before);
+  } finally {
+    model.dispose();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -66,8 +66,8 @@ Deno.test("loaders: another folder, a missing file, and a bad character named wi
     JSON.stringify({ "A": "AH0", "A(1)": "EY1", "AB.C": "X", "O'KAY": "Y" }),
   );
   assertEquals(await loadWords({ dir: TMP }), ["a", "o'kay"]);
-  await Deno.writeTextFile(`${TMP}/names.txt`, "Anna\nBob\n\nZoë\n");
-  await assertRejects(() => loadNames("female", { dir: TMP }), RangeError, /"ë".*"zoë" \(.*names\.txt:4\)/);
+  await Deno.writeTextFile(`${TMP}/names.txt`, "Anna\nBob\nZoë\n");
+  await assertRejects(() => loadNames("female", { dir: TMP }), RangeError, /"ë".*"zoë" \(.*names\.txt:3\)/);
   await assertRejects(
     () => loadWords({ dir: `${TMP}/nowhere` }),
     Deno.errors.NotFound,
@@ -144,4 +144,70 @@ Deno.test("TokenLoader: each window once per epoch, seeded order, padding only a
     );
   assert.ok(slots(true) < slots(false), `grouping by length pads less: ${slots(true)} vs ${slots(false)}`);
   assertThrows(() => new TokenLoader(windows, { batchSize: 0 }), RangeError, /batchSize must be a positive integer/);
+});
+
+Deno.test("empty words and records are refused with their position, in every loader", async () => {
+  assertThrows(() => tokenizer.encodeWord(""), RangeError, /^CharTokenizer: an empty word; a word needs at least one/);
+  assertThrows(() => tokenizer.encode(5 as unknown as string), TypeError, /expected text; got number/);
+  assertThrows(
+    () => wordWindows(["ann", "bob", ""], { blockSize: 8 }),
+    RangeError,
+    /^wordWindows: word 2 is empty; every word needs at least one character\.$/,
+  );
+  assertThrows(
+    () => wordWindows(["ann", 7 as unknown as string], { blockSize: 8 }),
+    TypeError,
+    /^wordWindows: word 1 is number; expected a string/,
+  );
+  assertThrows(() => wordWindows(["ann", "zoë"], { blockSize: 8 }), RangeError, /"ë".*\(wordWindows: word 1\)/);
+  assertThrows(
+    () => splitWords(["a", "b", "", "d"], { validationFraction: 0.5, seed: 1 }),
+    RangeError,
+    /^splitWords: word 2 is empty/,
+  );
+  assertThrows(() => splitWords(["a", "b"], { validationFraction: 0.5, seed: NaN }), RangeError, /seed must be/);
+
+  await Deno.mkdir(TMP, { recursive: true });
+  try {
+    for (const [key, position] of [["", 1], ["   ", 1], ["(1)", 1]] as const) {
+      await Deno.writeTextFile(`${TMP}/dict.json`, JSON.stringify({ "A": "AH0", [key]: "X", "B": "B" }));
+      await assertRejects(
+        () => loadWords({ dir: TMP }),
+        RangeError,
+        new RegExp(
+          `^loadWords: entry ${position} of .*dict\\.json \\(key ${
+            JSON.stringify(key).replace(/[()]/g, "\\$&")
+          }\\) is an empty word`,
+        ),
+      );
+    }
+    await Deno.writeTextFile(`${TMP}/dict.json`, "[1, 2]");
+    await assertRejects(() => loadWords({ dir: TMP }), SyntaxError, /must hold a JSON object of words/);
+    await Deno.writeTextFile(`${TMP}/names.txt`, "Anna\n\nBob\n");
+    await assertRejects(
+      () => loadNames("male", { dir: TMP }),
+      RangeError,
+      /^loadNames: line 2 of .*names\.txt is empty/,
+    );
+    await Deno.writeTextFile(`${TMP}/names.txt`, "Anna\nBob\n  \n");
+    await assertRejects(() => loadNames("male", { dir: TMP }), RangeError, /line 3 of .*names\.txt is empty/);
+    await Deno.writeTextFile(`${TMP}/names.txt`, "Anna\r\nBob\r\n");
+    assertEquals(await loadNames("male", { dir: TMP }), ["anna", "bob"], "the newline ending the file is not a record");
+  } finally {
+    await Deno.remove(TMP, { recursive: true });
+  }
+
+  const windows = wordWindows(["ann", "bob", "eve"], { blockSize: 8 });
+  const emptied = { ...windows, lengths: Uint8Array.from([3, 0, 3]) };
+  assertThrows(
+    () => new TokenLoader(emptied, { batchSize: 2 }),
+    RangeError,
+    /^TokenLoader: window 1 has length 0; every window uses 1 to 8 positions\.$/,
+  );
+  assertThrows(
+    () => new TokenLoader({ ...windows, count: 4 }, { batchSize: 2 }),
+    RangeError,
+    /4 windows of 8 positions need Int32Array inputs and targets of 32 ids/,
+  );
+  assertEquals(new TokenLoader(windows, { batchSize: 2 }).length, 2, "good windows still load");
 });

@@ -30,13 +30,19 @@ export interface CausalLM extends Module {
 
 /** What {@linkcode generate} does. */
 export interface GenerateOptions {
-  /** Token ids to continue, one row per sequence; all rows the same length, at least one token. */
+  /**
+   * Token ids to continue, one row per sequence; all rows the same length, at least one token; every id an
+   * integer from 0 to `vocabSize − 1`.
+   */
   prompt: readonly (readonly number[])[];
-  /** Tokens to add to each row (fewer if every row reaches `stopToken`). */
+  /**
+   * Tokens to add to each row (fewer if every row reaches `stopToken`): an integer from 0 to 1,000,000, and
+   * rows × (prompt length + maxNewTokens) at most 10,000,000 (see {@linkcode GENERATE_LIMITS}).
+   */
   maxNewTokens: number;
   /** Logits are divided by it before sampling; 0 picks the most likely token. Default 1. */
   temperature?: number;
-  /** Sample only among the `topK` most likely tokens; default: all. */
+  /** Sample only among the `topK` most likely tokens (a positive integer; above `vocabSize`, all); default: all. */
   topK?: number;
   /** Seed of the sampling, so that the same call gives the same tokens; default 0. */
   seed?: number;
@@ -44,7 +50,10 @@ export interface GenerateOptions {
   suppressTokens?: readonly number[];
   /** A row ends once it has produced this id; generation stops when every row has. */
   stopToken?: number;
-  /** `stopToken` is not sampled before this many new tokens (Hugging Face's `min_new_tokens`); default 0. */
+  /**
+   * `stopToken` is not sampled before this many new tokens (Hugging Face's `min_new_tokens`); an integer from
+   * 0 to `maxNewTokens`, default 0.
+   */
   minNewTokens?: number;
   /**
    * One adapter name per row (or `"__base__"` for the base model alone): each row is computed with its own
@@ -78,18 +87,35 @@ export interface GenerateOptions {
 export async function generate(model: CausalLM, options: GenerateOptions): Promise<number[][]> {
   const { prompt, maxNewTokens, temperature = 1, topK, stopToken, adapterNames } = options;
   const { vocabSize, blockSize } = model.config;
+  checkPrompt(prompt, vocabSize);
   const batch = prompt.length;
-  if (batch === 0 || prompt.some((row) => row.length === 0 || row.length !== prompt[0].length)) {
-    throw new RangeError("generate: prompt must hold at least one row, all rows of the same non-zero length.");
+  checkCount("maxNewTokens", maxNewTokens, 0, GENERATE_LIMITS.maxNewTokens);
+  const total = batch * (prompt[0].length + maxNewTokens);
+  if (total > GENERATE_LIMITS.ids) {
+    throw new RangeError(
+      `generate: ${batch} rows × (${prompt[0].length} prompt + ${maxNewTokens} new tokens) = ${total} ids, more than ` +
+        `the ${GENERATE_LIMITS.ids} one call may produce; generate in smaller batches or fewer tokens.`,
+    );
   }
-  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
-    throw new RangeError(`generate: maxNewTokens must be a non-negative integer; got ${maxNewTokens}.`);
+  if (options.minNewTokens !== undefined) checkCount("minNewTokens", options.minNewTokens, 0, maxNewTokens);
+  if (typeof temperature !== "number" || !(temperature >= 0 && Number.isFinite(temperature))) {
+    throw new RangeError(`generate: temperature must be a finite number ≥ 0; got ${show(temperature)}.`);
   }
-  if (!(temperature >= 0 && Number.isFinite(temperature))) {
-    throw new RangeError(`generate: temperature must be a finite number ≥ 0; got ${temperature}.`);
+  if (topK !== undefined) checkCount("topK", topK, 1, Number.MAX_SAFE_INTEGER);
+  if (options.seed !== undefined && !Number.isFinite(options.seed)) {
+    throw new RangeError(`generate: seed must be a finite number; got ${show(options.seed)}.`);
   }
-  if (topK !== undefined && !(Number.isInteger(topK) && topK >= 1)) {
-    throw new RangeError(`generate: topK must be a positive integer; got ${topK}.`);
+  if (options.suppressTokens !== undefined) {
+    if (!Array.isArray(options.suppressTokens)) {
+      throw new TypeError(
+        `generate: suppressTokens must be an array of token ids; got ${show(options.suppressTokens)}.`,
+      );
+    }
+    options.suppressTokens.forEach((id, i) => checkId(id, `suppressTokens[${i}]`, vocabSize));
+  }
+  if (stopToken !== undefined) checkId(stopToken, "stopToken", vocabSize);
+  if (options.useCache !== undefined && typeof options.useCache !== "boolean") {
+    throw new TypeError(`generate: useCache must be true or false; got ${show(options.useCache)}.`);
   }
   if (adapterNames !== undefined) checkRowNames(model, adapterNames, batch);
   const suppressed = new Set(options.suppressTokens ?? []);
@@ -169,17 +195,102 @@ function sample(
   return kept[kept.length - 1];
 }
 
+/**
+ * The largest values {@linkcode generate} accepts: at most `maxNewTokens` (1,000,000) new tokens per row, and at
+ * most `ids` (10,000,000) ids in the rows it returns, `rows × (prompt length + maxNewTokens)`: about 80 MB of
+ * JavaScript numbers, and one forward pass of the model per new token, so a call always ends. `minNewTokens`
+ * may not exceed `maxNewTokens`; token ids (prompt, `suppressTokens`, `stopToken`) are integers from 0 to the
+ * model's `vocabSize − 1`, checked as given, before any conversion to int32 (which would wrap `2³² + 3` to 3).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { GPT } from "./model.ts";
+ * import { generate, GENERATE_LIMITS } from "./generate.ts";
+ * const gpt = new GPT({ vocabSize: 30, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 16 }, { seed: 1 });
+ * await assert.rejects(generate(gpt, { prompt: [[1]], maxNewTokens: GENERATE_LIMITS.maxNewTokens + 1 }), /at most 1000000/);
+ * await assert.rejects(generate(gpt, { prompt: [[1, 2 ** 32 + 3]], maxNewTokens: 1 }), /token 4294967299 at prompt\[0\]\[1\]/);
+ * gpt.dispose();
+ * ```
+ */
+export const GENERATE_LIMITS: { readonly maxNewTokens: number; readonly ids: number } = Object.freeze({
+  maxNewTokens: 1_000_000,
+  ids: 10_000_000,
+});
+
+/** Throws unless `prompt` is a non-empty array of equally long, non-empty rows of ids in the vocabulary. */
+function checkPrompt(prompt: unknown, vocabSize: number): asserts prompt is readonly (readonly number[])[] {
+  if (!Array.isArray(prompt) || prompt.length === 0 || !prompt.every((row) => Array.isArray(row))) {
+    throw new RangeError(
+      `generate: prompt must be an array of rows of token ids, at least one row; got ${show(prompt)}.`,
+    );
+  }
+  const length = prompt[0].length;
+  const uneven = prompt.findIndex((row) => row.length === 0 || row.length !== length);
+  if (uneven >= 0) {
+    throw new RangeError(
+      `generate: prompt must hold rows of the same non-zero length; row 0 has ${length} ids, ` +
+        `row ${uneven} has ${prompt[uneven].length}.`,
+    );
+  }
+  if (prompt.length * length > GENERATE_LIMITS.ids) {
+    throw new RangeError(`generate: the prompt has ${prompt.length * length} ids, more than ${GENERATE_LIMITS.ids}.`);
+  }
+  for (let r = 0; r < prompt.length; r++) {
+    const row = prompt[r];
+    for (let p = 0; p < length; p++) checkId(row[p], `prompt[${r}][${p}]`, vocabSize);
+  }
+}
+
+/** Throws unless `id` is an integer from 0 to `vocabSize − 1`, as given (no conversion first). */
+function checkId(id: unknown, what: string, vocabSize: number): void {
+  if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= vocabSize) {
+    throw new RangeError(
+      `generate: token ${show(id)} at ${what} is not a token id of this model; ids must be integers from 0 to ` +
+        `${vocabSize - 1} (its vocabSize is ${vocabSize}).`,
+    );
+  }
+}
+
+/** Throws unless `value` is an integer from `min` to `max`. */
+function checkCount(what: string, value: unknown, min: number, max: number): void {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(`generate: ${what} must be an integer from ${min} to at most ${max}; got ${show(value)}.`);
+  }
+}
+
+/** A value as an error message shows it: numbers as JavaScript writes them, the rest as JSON or its type. */
+function show(value: unknown): string {
+  if (typeof value === "number" || typeof value === "bigint") return String(value);
+  if (typeof value === "string") return JSON.stringify(value);
+  if (value === undefined) return "undefined";
+  try {
+    const json = JSON.stringify(value);
+    return json === undefined ? typeof value : json.length > 60 ? `${json.slice(0, 57)}...` : json;
+  } catch {
+    return typeof value;
+  }
+}
+
 /** Throws unless `names` holds one known adapter name (or `"__base__"`) per row and nothing is merged. */
 function checkRowNames(model: Module, names: readonly string[], rows: number): void {
+  if (!Array.isArray(names) || !names.every((name) => typeof name === "string")) {
+    throw new TypeError(`generate: adapterNames must be an array of adapter names; got ${show(names)}.`);
+  }
   if (names.length !== rows) {
     throw new RangeError(`generate: got ${names.length} adapter names for ${rows} rows; expected one per row.`);
   }
   checkAdapterNames(model, names, "generate");
 }
 
+/** The most words one {@linkcode sampleWords} call samples. */
+const MAX_SAMPLE_WORDS = 100_000;
+/** The longest word {@linkcode sampleWords} samples, in characters. */
+const MAX_WORD_LENGTH = 1000;
+
 /** What {@linkcode sampleWords} does. */
 export interface SampleWordsOptions {
-  /** Number of words. */
+  /** Number of words, 1 … 100,000. */
   count: number;
   /** See {@linkcode GenerateOptions.temperature}; default 1. */
   temperature?: number;
@@ -189,7 +300,7 @@ export interface SampleWordsOptions {
   seed?: number;
   /** Characters every word starts with; default none. */
   prefix?: string;
-  /** Longest word, in characters; a word not finished by then is returned cut. Default 34. */
+  /** Longest word, in characters (1 … 1000); a word not finished by then is returned cut. Default 34. */
   maxLength?: number;
   /** One adapter per word (or `"__base__"`); see {@linkcode GenerateOptions.adapterNames}. */
   adapterNames?: readonly string[];
@@ -219,7 +330,15 @@ export async function sampleWords(model: GPT, options: SampleWordsOptions): Prom
     );
   }
   const { count, prefix = "", maxLength = 34 } = options;
-  if (!Number.isInteger(count) || count < 1) throw new RangeError(`sampleWords: count must be ≥ 1; got ${count}.`);
+  if (typeof count !== "number" || !Number.isInteger(count) || count < 1 || count > MAX_SAMPLE_WORDS) {
+    throw new RangeError(`sampleWords: count must be an integer from 1 to ${MAX_SAMPLE_WORDS}; got ${show(count)}.`);
+  }
+  if (typeof maxLength !== "number" || !Number.isInteger(maxLength) || maxLength < 1 || maxLength > MAX_WORD_LENGTH) {
+    throw new RangeError(
+      `sampleWords: maxLength must be an integer from 1 to ${MAX_WORD_LENGTH}; got ${show(maxLength)}.`,
+    );
+  }
+  if (typeof prefix !== "string") throw new TypeError(`sampleWords: prefix must be a string; got ${show(prefix)}.`);
   const start = [tokenizer.boundary, ...tokenizer.encode(prefix, "sampleWords prefix")];
   const rows = await generate(model, {
     prompt: Array.from({ length: count }, () => start),
