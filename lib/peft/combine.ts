@@ -270,6 +270,13 @@ function planCombination(
             `product of two factors; combining ${kind.title} adapters is not supported.`,
         );
       }
+      const product = weights[index] * factors.scaling;
+      if (!Number.isFinite(Math.fround(product))) {
+        throw new RangeError(
+          `${where}: weight ${weights[index]} of adapter "${name}" times its scaling ${factors.scaling} in ${module} ` +
+            `is ${product}, which float32 cannot hold.`,
+        );
+      }
       return [{ index, weight: weights[index], factors }];
     });
     if (parts.length > 0) layers.push({ module, layer, parts, rank: 0 });

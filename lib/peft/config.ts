@@ -6,7 +6,7 @@
  * @module
  */
 import { type LoRAInit, type LoRALayer, loraScaling, type ScalingConvention } from "../lora.ts";
-import type { TargetModules } from "./targets.ts";
+import { compileTargetPattern, type TargetModules } from "./targets.ts";
 
 /** File names inside an adapter folder, as PEFT names them. */
 export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
@@ -211,12 +211,16 @@ export function checkLoraConfig(c: Record<string, unknown>): LoraConfig {
         `${where} has ${field} ${JSON.stringify(pattern)}; expected module names mapped to ${what}.`,
       );
     }
+    for (const key of Object.keys(pattern)) compileTargetPattern(key, `${where} ${field}`);
   }
   const targets = c.target_modules;
   if (!(typeof targets === "string" || (Array.isArray(targets) && targets.every((t) => typeof t === "string")))) {
     throw new Error(
       `${where} has target_modules ${JSON.stringify(targets)}; expected a list of names or a regular expression.`,
     );
+  }
+  if (typeof targets === "string" && targets.toLowerCase() !== "all-linear") {
+    compileTargetPattern(targets, `${where} target_modules`);
   }
   for (const flag of ["use_rslora", "use_dora", "fan_in_fan_out"]) {
     if (c[flag] !== undefined && c[flag] !== null && typeof c[flag] !== "boolean") {
@@ -262,6 +266,14 @@ export function layerSettings(config: LoraConfig, metadata: Record<string, strin
   const rank = layerRank(config, module);
   const peftAlpha = patternValue(config.alpha_pattern, module) ?? config.lora_alpha;
   const peftConvention: ScalingConvention = config.use_rslora ? "rslora" : "paper";
+  const peftScaling = config.use_rslora ? peftAlpha / Math.sqrt(rank) : peftAlpha / rank;
+  if (!Number.isFinite(Math.fround(peftScaling))) {
+    const entry = alphaEntry(config, module);
+    throw new RangeError(
+      `loadAdapter: ${module}'s scaling, ${entry} ${peftAlpha} / ${config.use_rslora ? "√" : ""}r ${rank}, is ` +
+        `${peftScaling}, which float32 cannot hold.`,
+    );
+  }
   const recorded = metadata[CONVENTION_KEY];
   if (recorded === undefined) return { rank, alpha: peftAlpha, convention: peftConvention };
   const given = metadata[ALPHA_KEY] ?? "";
@@ -274,7 +286,6 @@ export function layerSettings(config: LoraConfig, metadata: Record<string, strin
         `which the config (use_rslora: ${config.use_rslora}) does not allow.`,
     );
   }
-  const peftScaling = config.use_rslora ? peftAlpha / Math.sqrt(rank) : peftAlpha / rank;
   const ours = loraScaling(alpha, rank, convention);
   if (Math.abs(ours - peftScaling) > 1e-6 * Math.max(1, Math.abs(peftScaling))) {
     throw new Error(
@@ -315,16 +326,33 @@ export function peftInit(init: LoRAInit): boolean | string {
 
 /** The value of the first pattern key that matches `module` (PEFT's `get_pattern_key`), if any. */
 function patternValue(pattern: Record<string, number> | undefined, module: string): number | undefined {
-  for (const [key, value] of Object.entries(pattern ?? {})) {
-    let matches = false;
-    try {
-      matches = new RegExp(`^(?:.*\\.)?(?:${key})$`).test(module);
-    } catch {
-      matches = key === module; // not a regular expression: only the exact name
-    }
-    if (matches) return value;
-  }
-  return undefined;
+  const key = patternKey(pattern, module);
+  return key === undefined ? undefined : pattern![key];
+}
+
+function patternKey(pattern: Record<string, number> | undefined, module: string): string | undefined {
+  return Object.keys(pattern ?? {}).find((key) =>
+    compileTargetPattern(key, "loadAdapter: adapter_config.json pattern").matchesKey(module)
+  );
+}
+
+/**
+ * The config entry that sets `module`'s alpha: `alpha_pattern["<key>"]` when a key matches it, else
+ * `lora_alpha`; for error messages.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { alphaEntry, readConfig } from "./config.ts";
+ * const config = readConfig('{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["a", "b"], ' +
+ *   '"alpha_pattern": {"b": 0}}');
+ * assert.equal(alphaEntry(config, "x.b"), 'alpha_pattern["b"]');
+ * assert.equal(alphaEntry(config, "x.a"), "lora_alpha");
+ * ```
+ */
+export function alphaEntry(config: LoraConfig, module: string): string {
+  const key = patternKey(config.alpha_pattern, module);
+  return key === undefined ? "lora_alpha" : `alpha_pattern[${JSON.stringify(key)}]`;
 }
 
 function parseAlphas(text: string): Record<string, number> {

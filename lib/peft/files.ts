@@ -115,7 +115,7 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
   const config = parseConfig(files.config);
   const kind = kindReading(config);
   kind.checkConfig(config);
-  const { tensors, metadata } = decodeSafetensors(files.safetensors);
+  const { tensors, metadata } = decodeSafetensors(files.safetensors, { source: ADAPTER_WEIGHTS_FILE });
   const linear = findTargets(model, {}, "loadAdapter"); // every linear layer, wrapped or not
   const keys = kind.keys(config);
 

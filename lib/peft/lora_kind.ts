@@ -7,11 +7,12 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Linear } from "../layers.ts";
-import { createLoRALayer, LoRALayer, type LoRAOptions } from "../lora.ts";
+import { createLoRALayer, LoRALayer, type LoRAOptions, loraScaling } from "../lora.ts";
 import type { Module } from "../module.ts";
 import type { StoredTensor } from "../safetensors.ts";
 import { assignFrom, transpose2d } from "../weights.ts";
 import {
+  alphaEntry,
   checkLoraConfig,
   layerRank,
   type LayerSettings,
@@ -19,7 +20,7 @@ import {
   type LoraConfig,
   writeConfig,
 } from "./config.ts";
-import type { AdapterKind, AdapterSource, AdapterSpec, Factors, Placed, SavedAdapter, Target } from "./kind.ts";
+import type { AdapterKind, AdapterSource, AdapterSpec, Placed, SavedAdapter, Target } from "./kind.ts";
 
 /** LoRA's two keys under a module, as PEFT writes them. */
 export const LORA_KEYS = ["lora_A.weight", "lora_B.weight"] as const;
@@ -139,6 +140,10 @@ export function buildAll<A extends Module>(
   } catch (error) {
     built.forEach((adapter) => adapter.dispose());
     saved.forEach((weight, k) => targets[k].base.weight.assign(weight));
+    const module = targets[built.length]?.module;
+    if (error instanceof Error && module !== undefined && !error.message.includes(module)) {
+      error.message = `${module}: ${error.message}`;
+    }
     throw error;
   } finally {
     tf.dispose(saved);
@@ -227,7 +232,14 @@ export function checkFactors(
           `${base.fanInFanOut ? "[in, out] (fan_in_fan_out true)" : "[out, in] (fan_in_fan_out false)"}.`,
       );
     }
-    settings.set(module, layerSettings(config, source.metadata, module));
+    const layer = layerSettings(config, source.metadata, module);
+    if (config.init_lora_weights === "pissa" && loraScaling(layer.alpha, layer.rank, layer.convention) === 0) {
+      throw new RangeError(
+        `loadAdapter: ${module} starts from PiSSA, which divides the singular values by the scaling, but its ` +
+          `${alphaEntry(config, module)} gives scaling 0.`,
+      );
+    }
+    settings.set(module, layer);
   }
   return settings;
 }
