@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Module } from "../module.ts";
+import { type Module, namedModules } from "../module.ts";
 import { Adam, type AdamOptions } from "../optim.ts";
 
 /** Options for {@linkcode createLoraPlusOptimizer}. */
@@ -19,11 +19,13 @@ export interface LoraPlusOptions extends Omit<AdamOptions, "groups"> {
 
 /**
  * An {@linkcode Adam} whose parameter groups are LoRA+'s, as PEFT 0.21.0's `create_loraplus_optimizer`
- * (`optimizers/loraplus.py`) builds them: every trainable parameter called `B` (LoRA's and DoRA's up-projection,
- * PEFT's `lora_B`) or with one axis (DoRA's magnitude, VeRA's λ vectors, biases) learns at
- * `learningRate · loraplusLrRatio`; every other trainable parameter (A) at `learningRate`. PEFT's separate rate
- * for adapters on embedding layers does not apply here (adapters go on linear layers), and its weight decay
- * is not offered (this Adam has none).
+ * (`optimizers/loraplus.py`) builds them: every trainable adapter parameter called `B` (LoRA's and DoRA's
+ * up-projection, PEFT's `lora_B`) or with one axis (DoRA's magnitude, VeRA's λ vectors) learns at
+ * `learningRate · loraplusLrRatio`; every other trainable parameter (A, and anything outside the adapters that
+ * was left trainable) at `learningRate`. PEFT also puts trainable one-axis parameters outside the adapters
+ * (biases, with `bias="all"`) in the fast group; here the base stays frozen, so that case does not arise.
+ * PEFT's separate rate for adapters on embedding layers does not apply (adapters go on linear layers here),
+ * and its weight decay is not offered (this Adam has none).
  *
  * @example
  * ```ts
@@ -49,14 +51,11 @@ export function createLoraPlusOptimizer(model: Module, options: LoraPlusOptions)
       `createLoraPlusOptimizer: loraplusLrRatio must be a positive finite number; got ${loraplusLrRatio}.`,
     );
   }
-  const fast = model.namedParameters()
-    .filter(({ name, variable }) => variable.trainable && (name.endsWith(".B") || name === "B" || variable.rank === 1))
+  const adapters = namedModules(model).filter(([, module]) => module.isAdapter);
+  if (adapters.length === 0) throw new Error("createLoraPlusOptimizer: the model has no adapters; add some first.");
+  const fast = adapters.flatMap(([, adapter]) => adapter.namedParameters())
+    .filter(({ name, variable }) => variable.trainable && (name === "B" || variable.rank === 1))
     .map(({ variable }) => variable);
-  if (fast.length === 0) {
-    throw new Error(
-      "createLoraPlusOptimizer: the model has no trainable B (or one-axis) parameter; add adapters first.",
-    );
-  }
   return new Adam(learningRate, {
     ...adam,
     groups: [{ variables: fast, learningRate: learningRate * loraplusLrRatio }],
