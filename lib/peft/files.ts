@@ -24,7 +24,8 @@ export interface AdapterFiles {
 }
 
 /**
- * Adapter `adapterName` of `model` in PEFT's layout, as bytes and text.
+ * Adapter `adapterName` of `model` in PEFT's layout, as bytes and text. Its kind (see `ADAPTER_KINDS`) writes
+ * the config and the tensors; every layer of the adapter must be of one kind. For LoRA:
  *
  * Tensors are named `base_model.model.<module>.lora_A.weight`, shape `[r, in]`, and `…lora_B.weight`,
  * shape `[out, r]`: the transposes of this library's A (`[in, r]`) and B (`[r, out]`), because PyTorch
@@ -85,10 +86,12 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  *
  * Everything is checked before the model is touched, and any problem throws an error that names it, with
  * the model left exactly as it was: a malformed safetensors file (see `decodeSafetensors`), a config that
- * is not PEFT LoRA JSON or asks for what this library does not do (`fan_in_fan_out`, starts such as
- * `"olora"` or `"loftq"` that change the base weight), keys that are missing, unexpected or name no linear
+ * is not a PEFT config of a kind this library reads (`"LORA"`, with or without `use_dora`, and `"VERA"`) or
+ * asks for what it does not do (starts such as `"olora"` or `"loftq"` that change the base weight,
+ * `fan_in_fan_out` on layers that do not store their weight `[in, out]`), keys that are missing, unexpected or name no linear
  * layer, `target_modules` or `r` that disagree with the tensors, shapes that do not fit the layers, or a
- * name already in use. F16 and BF16 tensors become float32. Without this library's metadata (a file PEFT
+ * name already in use, or values that are not finite (see `decodeSafetensors`). F16 and BF16 tensors become
+ * float32. Without this library's metadata (a file PEFT
  * wrote), scaling is PEFT's `lora_alpha / r`: the `"paper"` convention, or `"rslora"` with `use_rslora`.
  *
  * With `"use_dora": true` each selected module needs its magnitude, `base_model.model.<module>.lora_magnitude_vector`
@@ -96,6 +99,7 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  * adapter becomes a DoRA adapter with the norm per output unit, detached. With `"init_lora_weights": "pissa"`
  * the base weights of the selected layers are first turned into PiSSA's residual (which assumes they are the
  * original base weights, as PEFT does), then A and B are read; such an adapter must be a layer's first.
+ * A `"VERA"` file needs the shared `base_model.vera_A` and `base_model.vera_B` (see `vera.ts`).
  *
  * @example
  * ```ts
