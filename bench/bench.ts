@@ -123,7 +123,7 @@ interface Options {
   numpy: boolean;
   backends: BackendName[];
   child: boolean;
-  /** `--batch-sizes=64,256,…`: measure only training steps/s at these batch sizes (see gpu/sweep.ts). */
+  /** `--batch-sizes=64,256,…`: measure only training steps/s at these batch sizes (see sweep.ts). */
   batchSizes?: string;
   /**
    * `--model=mlp,gpt`: which models to measure. Default: both, or the MLP alone with `--json`, whose document
@@ -573,7 +573,7 @@ async function runChild(backend: BackendName, quick: boolean, batchSizes?: strin
     return;
   }
   if (batchSizes !== undefined) {
-    const { measureBatchSweep, parseBatchSizes } = await import("./gpu/sweep.ts");
+    const { measureBatchSweep, parseBatchSizes } = await import("./sweep.ts");
     const sweep = await measureBatchSweep(parseBatchSizes(batchSizes), { quick, log: (l) => console.error(l) });
     return console.log(JSON.stringify(sweep));
   }
@@ -677,11 +677,11 @@ async function runGpt(options: Options): Promise<void> {
   console.error(`GPT bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
 }
 
-/** `--batch-sizes=…`: training steps/s against batch size, each backend in its own process (see gpu/sweep.ts). */
+/** `--batch-sizes=…`: training steps/s against batch size, each backend in its own process (see sweep.ts). */
 async function runSweep(options: Options): Promise<void> {
-  const { formatBatchSweep, parseBatchSizes } = await import("./gpu/sweep.ts");
+  const { formatBatchSweep, parseBatchSizes } = await import("./sweep.ts");
   parseBatchSizes(options.batchSizes!); // a bad list fails here, before any process starts
-  const reports: import("./gpu/sweep.ts").BatchSweepReport[] = [];
+  const reports: import("./sweep.ts").BatchSweepReport[] = [];
   for (const backend of options.backends) {
     console.error(`— ${backend}: batch sizes ${options.batchSizes} —`);
     const result = await runBackend<(typeof reports)[number]>(backend, options.quick, [

@@ -19,7 +19,7 @@ import {
   LinearWithLoRA,
   LinearWithLoRAMerged,
   listAdapters,
-  LoRALayer,
+  type LoRALayer,
   mergeAdapter,
   MultilayerPerceptron,
   namedParameters,

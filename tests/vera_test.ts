@@ -22,7 +22,7 @@ import {
   MultilayerPerceptron,
   setAdapter,
   unmergeAdapter,
-  VeRALayer,
+  type VeRALayer,
   weightsFromSafetensors,
 } from "../lib/mod.ts";
 import { assert, assertBitIdentical, assertClose, assertEquals, assertNoLeak, assertThrows } from "./assert.ts";

@@ -3,14 +3,14 @@
  * gpu-bundle --verify` runs it in a clean copy of the project that holds only the bundle's packages, offline: a
  * package the bundler left out fails here in seconds rather than on the GPU machine.
  *
- *     deno run -A bench/gpu/load_check.ts
+ *     deno run -A gpu/load_check.ts
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { createRequire } from "node:module";
-import { initBackend, loadMnist } from "../../lib/mod.ts";
-import { renderStepsVsRank } from "../plot.ts"; // Observable Plot and linkedom, which the bench imports
+import { initBackend, loadMnist } from "../lib/mod.ts";
+import { renderStepsVsRank } from "../bench/plot.ts"; // Observable Plot and linkedom, which the bench imports
 
 const lines: string[] = [];
 const fail = (message: string) => {

@@ -1,10 +1,10 @@
 /**
- * Reads what `bench/gpu/run.sh` left in its log folder and says what it found: one line per step as the run goes
+ * Reads what `gpu/run.sh` left in its log folder and says what it found: one line per step as the run goes
  * (`--step NAME`), and at the end `summary.json` and `summary.md` (printed too).
  *
- *     deno run --allow-read --allow-write bench/gpu/summary.ts --step adapter LOGS
- *     deno run --allow-read bench/gpu/summary.ts --check tests LOGS   # exit 0: only known webgpu failures
- *     deno run --allow-read --allow-write bench/gpu/summary.ts LOGS OUT
+ *     deno run --allow-read --allow-write gpu/summary.ts --step adapter LOGS
+ *     deno run --allow-read gpu/summary.ts --check tests LOGS   # exit 0: only known webgpu failures
+ *     deno run --allow-read --allow-write gpu/summary.ts LOGS OUT
  *
  * @module
  */
@@ -117,14 +117,14 @@ function benchFinding(logs: string): Finding {
 async function sweepFinding(logs: string, table: boolean): Promise<Finding> {
   // One file per backend (run.sh measures each in its own step), each a report or an array of them.
   const reports = ["webgpu", "wasm"].flatMap((b) => readJson(`${logs}/sweep-${b}.json`) ?? [])
-    .flat() as import("./sweep.ts").BatchSweepReport[];
+    .flat() as import("../bench/sweep.ts").BatchSweepReport[];
   if (reports.length === 0) return { line: "batch sweep: no report (see sweep-*.log)", data: {} };
   const rows = reports.map((r) =>
     `${r.backend} ` + r.points.map((p) => `${p.batch}: ${fixed(p.full.median)}/${fixed(p.lora4.median)}`).join(", ")
   );
   const line = `batch sweep (steps/s full/LoRA r=4 by batch): ${rows.join(" | ")}`;
   if (!table) return { line, data: { reports } };
-  const { formatBatchSweep } = await import("./sweep.ts");
+  const { formatBatchSweep } = await import("../bench/sweep.ts");
   return { line: `${line}\n\n${formatBatchSweep(reports)}`, data: { reports } };
 }
 

@@ -3,8 +3,8 @@
 # NVIDIA GPU and no network, from the bundle `deno task gpu-bundle` builds (.gpu-bundle/). Also tries the CUDA
 # backend and records why it does or does not start.
 #
-#   bench/gpu/run.sh           # full run: about 8 minutes at most
-#   bench/gpu/run.sh --quick   # fewer and smaller measurements, for a slow (software) renderer
+#   gpu/run.sh           # full run: about 8 minutes at most
+#   gpu/run.sh --quick   # fewer and smaller measurements, for a slow (software) renderer
 #
 # Run it from a copy of the project that has no node_modules of its own: it unpacks the bundle's. Everything
 # goes to $OUT (default ./gpu-out): summary.md and summary.json, run.log, bench.json, sweep.json (webgpu and wasm
@@ -16,7 +16,7 @@
 # choose the Vulkan driver yourself; GPU_RUN_NO_ROOT_INSTALL=1: when the local loader finds no NVIDIA adapter
 # although nvidia-smi sees a GPU, do not retry with the loader unpacked into / (which needs root).
 set -uo pipefail
-cd "$(dirname "$0")/../.." || exit 2
+cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
 
 MODE=full
@@ -102,7 +102,7 @@ step() {
   fi
   return $rc
 }
-finding() { "$DENO" run --allow-read bench/gpu/summary.ts --step "$1" "$LOGS" 2>/dev/null | sed 's/^/  → /' | tee -a "$OUT/run.log"; }
+finding() { "$DENO" run --allow-read gpu/summary.ts --step "$1" "$LOGS" 2>/dev/null | sed 's/^/  → /' | tee -a "$OUT/run.log"; }
 
 # Decompression without xz: Python's lzma. Unpacking a .deb without dpkg-deb: Python reads the ar archive.
 unxz_cat() {
@@ -139,7 +139,7 @@ unpack() {
   if [ -d node_modules ] && [ "$(cat node_modules/.gpu-bundle-id 2>/dev/null)" != "$id" ]; then
     if [ -f node_modules/.gpu-bundle-id ]; then rm -rf node_modules; else
       echo "this project already has a node_modules folder that the bundle did not make (a development copy?);"
-      echo "run.sh unpacks its own and will not overwrite it: run it in a fresh copy (bench/gpu/proof.sh makes one)"
+      echo "run.sh unpacks its own and will not overwrite it: run it in a fresh copy (gpu/proof.sh makes one)"
       return 1
     fi
   fi
@@ -216,7 +216,7 @@ say "Vulkan: loader from the bundle; VK_DRIVER_FILES=${VK_DRIVER_FILES:-unset, s
 
 # --- 4. the WebGPU adapter ----------------------------------------------------------------------------------------
 if [ "$MODE" = full ]; then MATMUL=4096; else MATMUL=1024; fi
-adapter_probe() { step adapter 90 --stdout "$LOGS/adapter.json" "$DENO" run -A bench/gpu/adapter.ts --matmul=$MATMUL; }
+adapter_probe() { step adapter 90 --stdout "$LOGS/adapter.json" "$DENO" run -A gpu/adapter.ts --matmul=$MATMUL; }
 adapter_probe
 finding adapter
 if ! grep -q '"nvidia": true' "$LOGS/adapter.json" 2>/dev/null && nvidia-smi >/dev/null 2>&1 &&
@@ -242,7 +242,7 @@ elif ! grep -q '"nvidia": true' "$LOGS/adapter.json"; then
 fi
 
 # --- 5. the CUDA backend ------------------------------------------------------------------------------------------
-step cuda 60 --stdout "$LOGS/cuda.json" "$DENO" run -A bench/gpu/cuda_probe.ts
+step cuda 60 --stdout "$LOGS/cuda.json" "$DENO" run -A gpu/cuda_probe.ts
 finding cuda
 
 # --- 6. tests on webgpu -------------------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ webgpu_tests() {
   echo "deno test exit code $?"
   # A test that reads a tensor synchronously fails on webgpu in Deno (tfjs-backend-webgpu reads through an
   # OffscreenCanvas, which Deno lacks): a known limit, not a fault. Any other failure fails the step.
-  "$DENO" run --allow-read bench/gpu/summary.ts --check tests "$LOGS"
+  "$DENO" run --allow-read gpu/summary.ts --check tests "$LOGS"
 }
 STEP_NOTE="all test files but notebooks_test.ts, LORA_BACKEND=webgpu; only failures other than synchronous reads count"
 step tests 150 webgpu_tests
@@ -294,7 +294,7 @@ printf '{"mode":"%s","started":"%s","budgetSeconds":%s,"seconds":%s,"bundle":"%s
   "$MODE" "$(date -u -d "@$START" +%FT%TZ)" "$BUDGET" "$(($(date +%s) - START))" "$BUNDLE_ID" \
   "$(json_string "$MACHINE")" "$(json_string "$VK_LOADER")" "$(json_string "${VK_DRIVER_FILES:-}")" >"$LOGS/run.json"
 say "summary:"
-"$DENO" run --allow-read --allow-write="$OUT" bench/gpu/summary.ts "$LOGS" "$OUT" >>"$OUT/run.log" 2>&1
+"$DENO" run --allow-read --allow-write="$OUT" gpu/summary.ts "$LOGS" "$OUT" >>"$OUT/run.log" 2>&1
 cat "$OUT/summary.md"
 for f in bench gpt; do [ -s "$LOGS/$f.json" ] && cp "$LOGS/$f.json" "$OUT/$f.json"; done
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs

@@ -1,9 +1,9 @@
 /**
  * Which WebGPU adapter Deno sees, and whether TensorFlow.js's webgpu backend computes correctly on it, as one
- * JSON document on stdout. `bench/gpu/run.sh` runs it first, so a GPU run says plainly whether it ran on the
+ * JSON document on stdout. `gpu/run.sh` runs it first, so a GPU run says plainly whether it ran on the
  * GPU or on a software renderer.
  *
- *     deno run -A bench/gpu/adapter.ts [--matmul=4096]
+ *     deno run -A gpu/adapter.ts [--matmul=4096]
  *
  * `--matmul` is the largest square product timed: sizes double from 256 while one product takes under half a
  * second, so a software renderer stops early and a GPU reaches the largest.
@@ -15,7 +15,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { initBackend } from "../../lib/mod.ts";
+import { initBackend } from "../lib/mod.ts";
 
 /** PCI vendor ids Vulkan reports, and Mesa's id for its software drivers. */
 const VENDORS: Record<number, string> = {

@@ -4,7 +4,7 @@
  * are present (its native binding and libtensorflow, both fetched by its install script), and which CUDA
  * libraries the machine offers against those libtensorflow 2.9.1 was built for (CUDA 11.2, cuDNN 8.1).
  *
- *     deno run -A bench/gpu/cuda_probe.ts
+ *     deno run -A gpu/cuda_probe.ts
  *
  * Exit code 0 whether or not the backend starts: not starting is a finding, recorded in `started` and `verdict`.
  *
@@ -12,7 +12,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { createRequire } from "node:module";
-import { initBackend } from "../../lib/mod.ts";
+import { initBackend } from "../lib/mod.ts";
 
 /** Libraries libtensorflow 2.9.1's GPU build links against, and the driver library every CUDA program needs. */
 const NEEDED = ["libcuda.so.1", "libcudart.so.11.0", "libcublas.so.11", "libcublasLt.so.11", "libcudnn.so.8"];

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Runs bench/gpu/run.sh here the way a GPU machine would run it: in a fresh copy of the project holding only what a
+# Runs gpu/run.sh here the way a GPU machine would run it: in a fresh copy of the project holding only what a
 # copy of the working tree carries (tracked files, untracked files that are not ignored, and .gpu-bundle/), with
 # no network, and with this machine's own Deno and Vulkan loader masked, so that only the bundle's can serve.
 # Needs root (for unshare's network and mount namespaces) and a built bundle (deno task gpu-bundle).
 #
-#   bench/gpu/proof.sh [--quick]      # OUT: where the results go (default ./gpu-out)
+#   gpu/proof.sh [--quick]      # OUT: where the results go (default ./gpu-out)
 set -euo pipefail
 case "${1:-}" in "" | --quick) ;; *) echo "proof.sh: unknown argument '$1'; expected nothing or --quick." >&2; exit 2 ;; esac
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -34,5 +34,5 @@ unshare -n -m bash -c '
   for f in "${@:3}"; do mount --bind /dev/null "$f"; done
   ip link set lo up 2>/dev/null || true
   if getent hosts registry.npmjs.org >/dev/null 2>&1; then echo "proof.sh: the network is reachable"; exit 3; fi
-  cd "$1" && OUT="$2" exec bash bench/gpu/run.sh '"${1:-}"'
+  cd "$1" && OUT="$2" exec bash gpu/run.sh '"${1:-}"'
 ' proof "$COPY" "$OUT" "${masks[@]}"

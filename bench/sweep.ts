@@ -20,19 +20,11 @@ import {
   subset,
   trainableVariables,
   trainStep,
-} from "../../lib/mod.ts";
+} from "../lib/mod.ts";
+import { type Spread, spread } from "./timing.ts";
 
 /** Median, extremes and count of one configuration's steps/s over the runs at one batch size. */
-export interface SweepSpread {
-  /** Median steps/s. */
-  median: number;
-  /** Slowest run. */
-  min: number;
-  /** Fastest run. */
-  max: number;
-  /** Runs measured. */
-  runs: number;
-}
+export type SweepSpread = Spread;
 
 /** What was measured at one batch size. */
 export interface SweepPoint {
@@ -140,7 +132,7 @@ export async function measureBatchSweep(batchSizes: number[], options: SweepOpti
       c.optimizer.dispose();
       c.model.dispose();
     }
-    const [full, lora4] = configs.map((c) => spreadOf(c.rates));
+    const [full, lora4] = configs.map((c) => spread(c.rates));
     points.push({ batch, stepsPerRun, full, lora4 });
     log(
       `${backend}: batch ${batch}: full ${full.median.toFixed(1)} steps/s, LoRA r=4 ${lora4.median.toFixed(1)} ` +
@@ -231,11 +223,4 @@ async function timeSteps(c: Timed, batches: Batch[], steps: number): Promise<num
   await loss!.data();
   loss!.dispose();
   return steps / ((performance.now() - start) / 1000);
-}
-
-function spreadOf(values: number[]): SweepSpread {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  const median = sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-  return { median, min: sorted[0], max: sorted[sorted.length - 1], runs: sorted.length };
 }

@@ -1,5 +1,5 @@
 /**
- * `deno task gpu-bundle`: builds `.gpu-bundle/`, everything a GPU run (`bench/gpu/run.sh`) needs beside the
+ * `deno task gpu-bundle`: builds `.gpu-bundle/`, everything a GPU run (`gpu/run.sh`) needs beside the
  * project's own files, for a machine with no network on which nothing can be installed:
  *
  * | file                    | what                                                                              |
@@ -29,7 +29,7 @@
  * @module
  */
 
-const ROOT = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const OUT = `${ROOT}/.gpu-bundle`;
 const MIB = 1024 * 1024;
 
@@ -194,11 +194,11 @@ interface Graph {
 /** The files whose imports make up a GPU run: the demo, the bench, the tests that run there, the probes. */
 async function entryPoints(): Promise<string[]> {
   const entries = ["demo.ts", "lib/mod.ts", "bench/bench.ts"];
-  for (const dir of ["bench/gpu", "tests"]) {
+  for (const dir of ["gpu", "tests"]) {
     for await (const e of Deno.readDir(`${ROOT}/${dir}`)) {
       if (!e.isFile || !e.name.endsWith(".ts")) continue;
       if (dir === "tests" && (!e.name.endsWith("_test.ts") || e.name === "notebooks_test.ts")) continue;
-      if (dir === "bench/gpu" && e.name === "bundle.ts") continue;
+      if (dir === "gpu" && e.name === "bundle.ts") continue;
       entries.push(`${dir}/${e.name}`);
     }
   }
@@ -611,7 +611,7 @@ async function verify(projectPaths: string[]): Promise<void> {
     }
     await run("bash", ["-c", `xz -dc "$0" > "$1" && chmod +x "$1"`, `${OUT}/deno.xz`, `${dir}/.deno-bin`]);
     const offline = await run("unshare", ["-n", "true"]).then(() => true, () => false);
-    const command = [`${dir}/.deno-bin`, "run", "-A", "bench/gpu/load_check.ts"];
+    const command = [`${dir}/.deno-bin`, "run", "-A", "gpu/load_check.ts"];
     const env = { DENO_DIR: `${dir}/.deno-dir`, NO_COLOR: "1", PATH: Deno.env.get("PATH") ?? "" };
     const out = await new Deno.Command(offline ? "unshare" : command[0], {
       args: offline ? ["-n", ...command] : command.slice(1),
