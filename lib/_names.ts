@@ -9,8 +9,10 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { listNames } from "./_names.ts";
- * console.log(listNames(["a", "b"]), listNames([])); // "a", "b" none
+ * assert.equal(listNames(["a", "b"]), '"a", "b"');
+ * assert.equal(listNames([]), "none");
  * ```
  */
 export function listNames(names: Iterable<string>): string {

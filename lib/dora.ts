@@ -62,14 +62,15 @@ export interface DoRAOptions extends LoRAOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Linear } from "./layers.ts";
  * import { DoRALayer } from "./dora.ts";
  * const linear = new Linear(6, 4, { seed: 1 });
  * const dora = new DoRALayer(linear, 2, 4);
- * console.log(dora.m.shape); // [4]: one magnitude per output unit
+ * assert.deepEqual(dora.m.shape, [4]); // one magnitude per output unit
  * const x = tf.ones([3, 6]);
- * console.log(tf.equal(dora.applyWithBase(linear, x), linear.apply(x)).all().dataSync()[0]); // 1: same output
+ * assert.deepEqual(dora.applyWithBase(linear, x).arraySync(), linear.apply(x).arraySync()); // same output
  * linear.dispose();
  * dora.dispose();
  * ```
@@ -185,13 +186,16 @@ export class DoRALayer extends LoRALayer {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Linear } from "./layers.ts";
  * import { LinearWithDoRA } from "./dora.ts";
  * const layer = new LinearWithDoRA(new Linear(784, 128), 4, 8);
- * console.log(layer.apply(tf.zeros([2, 784])).shape); // [2, 128]
- * console.log(layer.namedParameters().map((p) => p.name));
- * // ["linear.weight", "linear.bias", "lora.A", "lora.B", "lora.m"]
+ * assert.deepEqual(layer.apply(tf.zeros([2, 784])).shape, [2, 128]);
+ * assert.deepEqual(
+ *   layer.namedParameters().map((p) => p.name),
+ *   ["linear.weight", "linear.bias", "lora.A", "lora.B", "lora.m"],
+ * );
  * layer.dispose();
  * ```
  */
@@ -222,12 +226,16 @@ export class LinearWithDoRA extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Linear } from "./layers.ts";
  * import { LinearWithDoRAMerged } from "./dora.ts";
- * const layer = new LinearWithDoRAMerged(new Linear(10, 3), 2, 4, { normAxis: "input", detachNorm: false });
- * console.log(layer.lora.m.shape); // [10]: one magnitude per input unit
- * layer.apply(tf.ones([1, 10])).print();
+ * const linear = new Linear(10, 3);
+ * const layer = new LinearWithDoRAMerged(linear, 2, 4, { normAxis: "input", detachNorm: false });
+ * assert.deepEqual(layer.lora.m.shape, [10]); // one magnitude per input unit
+ * const x = tf.ones([1, 10]);
+ * const gap = tf.max(tf.abs(tf.sub(layer.apply(x), linear.apply(x)))).dataSync()[0];
+ * assert.ok(gap < 1e-5); // m·W/‖W‖ = W while B is zero
  * layer.dispose();
  * ```
  */
@@ -271,11 +279,12 @@ export interface MagnitudeDirectionChange {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { magnitudeDirectionChange } from "./dora.ts";
  * const w0 = tf.tensor2d([[1, 0], [0, 1]]);
- * console.log(magnitudeDirectionChange(w0, tf.tensor2d([[2, 0], [0, 1]]))); // { deltaM: 0.5, deltaD: 0 }
- * console.log(magnitudeDirectionChange(w0, tf.tensor2d([[0, 0], [1, 1]])).deltaD); // 0.5: one column turned 90°
+ * assert.deepEqual(magnitudeDirectionChange(w0, tf.tensor2d([[2, 0], [0, 1]])), { deltaM: 0.5, deltaD: 0 });
+ * assert.equal(magnitudeDirectionChange(w0, tf.tensor2d([[0, 0], [1, 1]])).deltaD, 0.5); // one column turned 90°
  * ```
  */
 export function magnitudeDirectionChange(start: tf.Tensor2D, weight: tf.Tensor2D): MagnitudeDirectionChange {

@@ -32,12 +32,13 @@ export interface LinearOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Linear } from "./layers.ts";
  * const layer = new Linear(784, 128, { seed: 1 });
  * const y = layer.apply(tf.zeros([64, 784]));
- * console.log(y.shape); // [64, 128]
- * console.log(String(layer)); // Linear(in_features=784, out_features=128, bias=true)
+ * assert.deepEqual(y.shape, [64, 128]);
+ * assert.equal(String(layer), "Linear(in_features=784, out_features=128, bias=true)");
  * y.dispose();
  * layer.dispose();
  * ```
@@ -93,9 +94,10 @@ export class Linear extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { ReLU } from "./layers.ts";
- * new ReLU().apply(tf.tensor2d([[-1, 2]])).print(); // [[0, 2]]
+ * assert.deepEqual(new ReLU().apply(tf.tensor2d([[-1, 2]])).arraySync(), [[0, 2]]);
  * ```
  */
 export class ReLU extends Module {

@@ -25,8 +25,9 @@ export interface Svd {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { svd } from "./linalg.ts";
- * console.log(svd([[3, 0], [0, 1]]).s); // [3, 1]
+ * assert.deepEqual(svd([[3, 0], [0, 1]]).s, [3, 1]);
  * ```
  */
 export function svd(a: number[][]): Svd {
@@ -83,8 +84,9 @@ export function svd(a: number[][]): Svd {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { bestRankR } from "./linalg.ts";
- * console.log(bestRankR([[3, 0], [0, 1]], 1)); // [[3, 0], [0, 0]]
+ * assert.deepEqual(bestRankR([[3, 0], [0, 1]], 1), [[3, 0], [0, 0]]);
  * ```
  */
 export function bestRankR(a: number[][], r: number, decomposition: Svd = svd(a)): number[][] {
@@ -103,8 +105,9 @@ export function bestRankR(a: number[][], r: number, decomposition: Svd = svd(a))
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { frobenius } from "./linalg.ts";
- * console.log(frobenius([[3, 4]])); // 5
+ * assert.equal(frobenius([[3, 4]]), 5);
  * ```
  */
 export function frobenius(a: number[][]): number {
@@ -116,8 +119,9 @@ export function frobenius(a: number[][]): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { subtract } from "./linalg.ts";
- * console.log(subtract([[3, 4]], [[1, 1]])); // [[2, 3]]
+ * assert.deepEqual(subtract([[3, 4]], [[1, 1]]), [[2, 3]]);
  * ```
  */
 export function subtract(a: number[][], b: number[][]): number[][] {
@@ -129,8 +133,9 @@ export function subtract(a: number[][], b: number[][]): number[][] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { transpose } from "./linalg.ts";
- * console.log(transpose([[1, 2, 3]])); // [[1], [2], [3]]
+ * assert.deepEqual(transpose([[1, 2, 3]]), [[1], [2], [3]]);
  * ```
  */
 export function transpose(a: number[][]): number[][] {
@@ -142,9 +147,10 @@ export function transpose(a: number[][]): number[][] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { toMatrix } from "./linalg.ts";
- * console.log(toMatrix(tf.tensor2d([[1, 2], [3, 4]]))); // [[1, 2], [3, 4]]
+ * assert.deepEqual(toMatrix(tf.tensor2d([[1, 2], [3, 4]])), [[1, 2], [3, 4]]);
  * ```
  */
 export function toMatrix(t: tf.Tensor): number[][] {
@@ -157,10 +163,10 @@ export function toMatrix(t: tf.Tensor): number[][] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatMatrix } from "./linalg.ts";
- * console.log(formatMatrix([[1, -0.5], [10, 2]], 1));
- * //  1.0 -0.5
- * // 10.0  2.0
+ * const text = formatMatrix([[1, -0.5], [10, 2]], 1);
+ * assert.equal(text, " 1.0 -0.5\n10.0  2.0"); // right-aligned columns, one decimal
  * ```
  */
 export function formatMatrix(a: number[][], digits = 2): string {

@@ -32,10 +32,11 @@ export type ScalingConvention = "tutorial" | "paper" | "rslora";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loraScaling } from "./lora.ts";
- * console.log(loraScaling(8, 4)); // 8
- * console.log(loraScaling(8, 4, "paper")); // 2
- * console.log(loraScaling(8, 4, "rslora")); // 4
+ * assert.equal(loraScaling(8, 4), 8);
+ * assert.equal(loraScaling(8, 4, "paper"), 2);
+ * assert.equal(loraScaling(8, 4, "rslora"), 4);
  * ```
  */
 export function loraScaling(alpha: number, rank: number, convention: ScalingConvention = "tutorial"): number {
@@ -91,13 +92,15 @@ export interface LoRAOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { LoRALayer } from "./lora.ts";
  * const lora = new LoRALayer(10, 10, 2, 4);
- * console.log(lora.A.shape, lora.B.shape); // [10, 2] [2, 10]
- * lora.apply(tf.ones([1, 10])).print(); // all zeros: B starts at zero
+ * assert.deepEqual(lora.A.shape, [10, 2]);
+ * assert.deepEqual(lora.B.shape, [2, 10]);
+ * assert.ok(lora.apply(tf.ones([1, 10])).dataSync().every((v) => v === 0)); // all zeros: B starts at zero
  * const peft = new LoRALayer(10, 10, 2, 4, { init: "kaiming", seed: 1 });
- * console.log(peft.A.abs().max().dataSync()[0] <= 1 / Math.sqrt(10)); // true
+ * assert.ok(peft.A.abs().max().dataSync()[0] <= 1 / Math.sqrt(10));
  * lora.dispose();
  * peft.dispose();
  * ```
@@ -178,12 +181,13 @@ export class LoRALayer extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Linear } from "./layers.ts";
  * import { LinearWithLoRA } from "./lora.ts";
  * const layer = new LinearWithLoRA(new Linear(784, 128), 4, 8);
- * console.log(layer.apply(tf.zeros([2, 784])).shape); // [2, 128]
- * console.log(layer.namedParameters().map((p) => p.name)); // ["linear.weight", "linear.bias", "lora.A", "lora.B"]
+ * assert.deepEqual(layer.apply(tf.zeros([2, 784])).shape, [2, 128]);
+ * assert.deepEqual(layer.namedParameters().map((p) => p.name), ["linear.weight", "linear.bias", "lora.A", "lora.B"]);
  * layer.dispose();
  * ```
  */
@@ -217,11 +221,14 @@ export class LinearWithLoRA extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Linear } from "./layers.ts";
  * import { LinearWithLoRAMerged } from "./lora.ts";
- * const layer = new LinearWithLoRAMerged(new Linear(10, 3), 2, 4);
- * layer.apply(tf.ones([1, 10])).print();
+ * const linear = new Linear(10, 3);
+ * const layer = new LinearWithLoRAMerged(linear, 2, 4);
+ * const x = tf.ones([1, 10]);
+ * assert.deepEqual(layer.apply(x).arraySync(), linear.apply(x).arraySync()); // B starts at zero
  * layer.dispose();
  * ```
  */
@@ -255,11 +262,13 @@ export class LinearWithLoRAMerged extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { Linear } from "./layers.ts";
  * import { createLoRALayer } from "./lora.ts";
  * const linear = new Linear(8, 6, { seed: 1 });
  * const lora = createLoRALayer(linear, 2, 2, { init: "pissa" });
- * console.log(lora.init, lora.B.abs().sum().dataSync()[0] > 0); // pissa true
+ * assert.equal(lora.init, "pissa");
+ * assert.ok(lora.B.abs().sum().dataSync()[0] > 0);
  * linear.dispose();
  * lora.dispose();
  * ```
@@ -301,6 +310,7 @@ export function createLoRALayer(linear: Module, rank: number, alpha: number, opt
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Linear } from "./layers.ts";
  * import { LoRALayer, pissaInit } from "./lora.ts";
@@ -310,7 +320,7 @@ export function createLoRALayer(linear: Module, rank: number, alpha: number, opt
  * const lora = new LoRALayer(6, 4, 2, 2);
  * pissaInit(linear, lora);
  * const after = tf.add(linear.apply(x), lora.apply(x)); // residual + principal part
- * console.log(tf.max(tf.abs(tf.sub(after, before))).dataSync()[0] < 1e-6); // true
+ * assert.ok(tf.max(tf.abs(tf.sub(after, before))).dataSync()[0] < 1e-6);
  * linear.dispose();
  * lora.dispose();
  * ```

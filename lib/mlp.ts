@@ -14,13 +14,14 @@ import { Module, Sequential } from "./module.ts";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * import { LinearWithLoRAMerged } from "./lora.ts";
  * const model = new MultilayerPerceptron(784, 128, 256, 10, { seed: 123 });
  * model.layers[0] = new LinearWithLoRAMerged(model.layers[0], 4, 8);
  * const logits = model.apply(tf.zeros([1, 784]));
- * console.log(logits.shape); // [1, 10]
+ * assert.deepEqual(logits.shape, [1, 10]);
  * logits.dispose();
  * model.dispose();
  * ```

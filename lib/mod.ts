@@ -22,11 +22,12 @@
  *
  * @example Finetune a trained model with LoRA
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA, countParameters, initBackend, MultilayerPerceptron } from "./mod.ts";
  * await initBackend();
  * const model = new MultilayerPerceptron(784, 128, 256, 10, { seed: 123 });
  * const lora = addLoRA(model.clone(), { rank: 4, alpha: 8 });
- * console.log(countParameters(lora)); // { total: 142322, trainable: 6248 }
+ * assert.deepEqual(countParameters(lora), { total: 142322, trainable: 6248 });
  * ```
  *
  * @module

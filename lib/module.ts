@@ -29,6 +29,7 @@ export interface NamedParameter {
  *
  * @example A layer of its own
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Module } from "./module.ts";
  * class Scale extends Module {
@@ -38,7 +39,8 @@ export interface NamedParameter {
  *   }
  * }
  * const scale = new Scale();
- * console.log(scale.namedParameters().map((p) => p.name), String(scale)); // ["factor"] Scale()
+ * assert.deepEqual(scale.namedParameters().map((p) => p.name), ["factor"]);
+ * assert.equal(String(scale), "Scale()");
  * scale.dispose();
  * ```
  */
@@ -137,11 +139,12 @@ function disposeValue(value: unknown): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Sequential } from "./module.ts";
  * import { Linear, ReLU } from "./layers.ts";
  * const net = new Sequential([new Linear(3, 4), new ReLU(), new Linear(4, 2)]);
- * console.log(net.apply(tf.ones([5, 3])).shape); // [5, 2]
+ * assert.deepEqual(net.apply(tf.ones([5, 3])).shape, [5, 2]);
  * net.dispose();
  * ```
  */
@@ -181,11 +184,14 @@ export class Sequential extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { namedModules } from "./module.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const model = new MultilayerPerceptron(4, 3, 3, 2);
- * console.log(namedModules(model).map(([name]) => name));
- * // ["", "layers", "layers.0", "layers.1", "layers.2", "layers.3", "layers.4"]
+ * assert.deepEqual(
+ *   namedModules(model).map(([name]) => name),
+ *   ["", "layers", "layers.0", "layers.1", "layers.2", "layers.3", "layers.4"],
+ * );
  * model.dispose();
  * ```
  */
@@ -203,10 +209,11 @@ export function namedModules(model: Module, prefix = ""): [string, Module][] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { getModule } from "./module.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const model = new MultilayerPerceptron(4, 3, 3, 2);
- * console.log(String(getModule(model, "layers.2"))); // Linear(in_features=3, out_features=3, bias=true)
+ * assert.equal(String(getModule(model, "layers.2")), "Linear(in_features=3, out_features=3, bias=true)");
  * model.dispose();
  * ```
  */
@@ -233,12 +240,13 @@ export function getModule(model: Module, name: string): Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { getModule, setModule } from "./module.ts";
  * import { LinearWithLoRA } from "./lora.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const model = new MultilayerPerceptron(4, 3, 3, 2);
  * setModule(model, "layers.0", new LinearWithLoRA(getModule(model, "layers.0"), 1, 2));
- * console.log(model.layers[0].constructor.name); // LinearWithLoRA
+ * assert.equal(model.layers[0].constructor.name, "LinearWithLoRA");
  * model.dispose();
  * ```
  */
@@ -256,10 +264,19 @@ export function setModule(model: Module, name: string, module: Module): Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { namedParameters } from "./module.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const model = new MultilayerPerceptron(4, 3, 3, 2);
- * for (const { name, variable } of namedParameters(model)) console.log(`${name}:${variable.trainable}`);
+ * const names = namedParameters(model).map(({ name, variable }) => `${name}:${variable.trainable}`);
+ * assert.deepEqual(names, [
+ *   "layers.0.weight:true",
+ *   "layers.0.bias:true",
+ *   "layers.2.weight:true",
+ *   "layers.2.bias:true",
+ *   "layers.4.weight:true",
+ *   "layers.4.bias:true",
+ * ]);
  * model.dispose();
  * ```
  */
@@ -280,10 +297,11 @@ export interface ParameterCount {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { countParameters } from "./module.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const model = new MultilayerPerceptron(784, 128, 256, 10);
- * console.log(countParameters(model)); // { total: 136074, trainable: 136074 }
+ * assert.deepEqual(countParameters(model), { total: 136074, trainable: 136074 });
  * model.dispose();
  * ```
  */
@@ -330,11 +348,12 @@ export function freezeBase(model: Module): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { trainableVariables } from "./module.ts";
  * import { addLoRA } from "./peft/model.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
- * console.log(trainableVariables(model).length); // 6: A and B of three layers
+ * assert.equal(trainableVariables(model).length, 6); // A and B of three layers
  * model.dispose();
  * ```
  */

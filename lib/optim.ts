@@ -68,13 +68,16 @@ interface Moments {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Adam } from "./optim.ts";
  * const w = tf.variable(tf.tensor1d([1, -1]));
  * const optimizer = new Adam(0.1);
  * optimizer.minimize(() => tf.sum(tf.square(w)) as tf.Scalar);
- * w.print(); // [0.9, -0.9]: Adam's first step moves every parameter by the learning rate
- * console.log(optimizer.stateBytes); // 16: two moments of two float32 numbers
+ * const [a, b] = w.dataSync(); // Adam's first step moves every parameter by the learning rate
+ * assert.ok(Math.abs(a - 0.9) < 1e-6);
+ * assert.ok(Math.abs(b + 0.9) < 1e-6);
+ * assert.equal(optimizer.stateBytes, 16); // two moments of two float32 numbers
  * optimizer.dispose();
  * w.dispose();
  * ```

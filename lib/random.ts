@@ -8,9 +8,10 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { seededRandom } from "./random.ts";
  * const random = seededRandom(123);
- * console.log(random() === seededRandom(123)()); // true
+ * assert.equal(random(), seededRandom(123)()); // the same seed gives the same numbers
  * ```
  */
 export function seededRandom(seed: number): () => number {
@@ -30,10 +31,11 @@ export function seededRandom(seed: number): () => number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { seededRandom, shuffleInPlace } from "./random.ts";
  * const items = [1, 2, 3, 4, 5];
  * shuffleInPlace(items, seededRandom(1));
- * console.log(items.length, [...items].sort().join()); // 5 1,2,3,4,5
+ * assert.deepEqual([...items].sort((a, b) => a - b), [1, 2, 3, 4, 5]); // the same items, reordered
  * ```
  */
 export function shuffleInPlace<T>(items: T[] | Uint32Array, random: () => number): void {

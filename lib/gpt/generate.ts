@@ -76,11 +76,12 @@ export interface GenerateOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GPT } from "./model.ts";
  * import { generate } from "./generate.ts";
  * const gpt = new GPT({ vocabSize: 30, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 16 }, { seed: 1 });
  * const rows = await generate(gpt, { prompt: [[1], [1]], maxNewTokens: 5, seed: 7 });
- * console.log(rows.map((row) => row.length)); // [6, 6]
+ * assert.deepEqual(rows.map((row) => row.length), [6, 6]); // the prompt and five new tokens
  * gpt.dispose();
  * ```
  */
@@ -315,10 +316,13 @@ export interface SampleWordsOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GPT } from "./model.ts";
  * import { sampleWords } from "./generate.ts";
  * const gpt = new GPT({ vocabSize: 30, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 16 }, { seed: 1 });
- * console.log(await sampleWords(gpt, { count: 3, seed: 1, maxLength: 8 })); // three random strings, untrained
+ * const words = await sampleWords(gpt, { count: 3, seed: 1, maxLength: 8 }); // random strings: untrained
+ * assert.equal(words.length, 3);
+ * assert.ok(words.every((word) => typeof word === "string" && word.length <= 8));
  * gpt.dispose();
  * ```
  */

@@ -11,12 +11,14 @@
  *
  * @example Finetune a GPT's attention with LoRA on q_proj and v_proj
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA, countParameters, initBackend } from "../mod.ts";
  * import { GPT } from "./mod.ts";
  * await initBackend();
  * const gpt = new GPT({ vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 64 }, { seed: 1 });
  * addLoRA(gpt, { rank: 8, alpha: 16, targetModules: ["q_proj", "v_proj"], seed: 1 });
- * console.log(countParameters(gpt)); // { total: 109056, trainable: 4096 }: q and v of 2 blocks, 64·8 + 8·64 each
+ * // trainable: q and v of 2 blocks, 64·8 + 8·64 each
+ * assert.deepEqual(countParameters(gpt), { total: 109056, trainable: 4096 });
  * gpt.dispose();
  * ```
  *

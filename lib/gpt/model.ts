@@ -59,10 +59,11 @@ function gpt2Linear(inFeatures: number, outFeatures: number, seed: number, std: 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { CausalSelfAttention } from "./model.ts";
  * const attn = new CausalSelfAttention({ vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 64 }, 1);
- * console.log(attn.apply(tf.randomNormal([2, 10, 64])).shape); // [2, 10, 64]
+ * assert.deepEqual(attn.apply(tf.randomNormal([2, 10, 64])).shape, [2, 10, 64]);
  * attn.dispose();
  * ```
  */
@@ -118,10 +119,11 @@ export class CausalSelfAttention extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { MLP } from "./model.ts";
  * const mlp = new MLP({ vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 64 }, 1);
- * console.log(String(mlp.fc1)); // Linear(in_features=64, out_features=256, bias=true)
+ * assert.equal(String(mlp.fc1), "Linear(in_features=64, out_features=256, bias=true)");
  * mlp.dispose();
  * ```
  */
@@ -158,10 +160,11 @@ function dropout(x: tf.Tensor, rate: number, seed: number): tf.Tensor {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { Block } from "./model.ts";
  * const block = new Block({ vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 64 }, 1);
- * console.log(block.apply(tf.randomNormal([2, 16, 64])).shape); // [2, 16, 64]
+ * assert.deepEqual(block.apply(tf.randomNormal([2, 16, 64])).shape, [2, 16, 64]);
  * block.dispose();
  * ```
  */
@@ -226,11 +229,12 @@ export interface KVCache {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { GPT } from "./model.ts";
  * const gpt = new GPT({ vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 64 }, { seed: 1 });
  * const logits = gpt.apply(tf.tensor2d([[1, 5, 12]], [1, 3], "int32"));
- * console.log(logits.shape); // [1, 3, 30]
+ * assert.deepEqual(logits.shape, [1, 3, 30]);
  * gpt.dispose();
  * ```
  */
@@ -363,11 +367,12 @@ export class GPT extends Module {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { disposeCache, GPT } from "./model.ts";
  * const gpt = new GPT({ vocabSize: 30, blockSize: 8, nLayer: 1, nHead: 2, nEmbd: 8 }, { seed: 1 });
  * const { logits, cache } = gpt.applyCached(tf.tensor2d([[1, 2]], [1, 2], "int32"), null);
- * console.log(cache.length); // 2
+ * assert.equal(cache.length, 2);
  * disposeCache(cache);
  * logits.dispose();
  * gpt.dispose();

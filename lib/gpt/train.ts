@@ -33,6 +33,7 @@ function withTraining<R>(model: Module, training: boolean, fn: () => R): R {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { adam, train } from "../train.ts";
  * import { GPT } from "./model.ts";
  * import { languageModelStep } from "./train.ts";
@@ -40,7 +41,7 @@ function withTraining<R>(model: Module, training: boolean, fn: () => R): R {
  * const gpt = new GPT({ vocabSize: 30, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 16 }, { seed: 1 });
  * const loader = new TokenLoader(wordWindows(["ann", "bob", "eve"], { blockSize: 16 }), { batchSize: 3 });
  * const history = await train(gpt, adam(0.01), loader, { epochs: 2, step: languageModelStep });
- * console.log(history.steps); // 2
+ * assert.equal(history.steps, 2); // one batch per epoch
  * gpt.dispose();
  * ```
  */
@@ -81,12 +82,15 @@ export interface LossReport {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { GPT } from "./model.ts";
  * import { evaluateLoss } from "./train.ts";
  * import { TokenLoader, wordWindows } from "../words.ts";
  * const gpt = new GPT({ vocabSize: 30, blockSize: 16, nLayer: 1, nHead: 2, nEmbd: 16 }, { seed: 1 });
  * const loader = new TokenLoader(wordWindows(["ann", "bob"], { blockSize: 16 }), { batchSize: 64 });
- * console.log(await evaluateLoss(gpt, loader)); // about ln 30 = 3.4 nats before training, over 8 targets
+ * const { loss, tokens } = await evaluateLoss(gpt, loader);
+ * assert.ok(Math.abs(loss - Math.log(30)) < 0.5); // about ln 30 = 3.4 nats before training
+ * assert.equal(tokens, 8); // a, n, n, end and b, o, b, end
  * gpt.dispose();
  * ```
  */

@@ -14,11 +14,13 @@ import { listAdapters, loraLayers, refuseMerged } from "./model.ts";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA } from "./model.ts";
  * import { checkAdapterNames } from "./_rows.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * checkAdapterNames(model, ["default", "__base__"], "example"); // fine
+ * assert.throws(() => checkAdapterNames(model, ["other"], "example"), /example: unknown adapters "other"/);
  * model.dispose();
  * ```
  */
@@ -41,13 +43,14 @@ export function checkAdapterNames(model: Module, adapterNames: readonly string[]
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { addLoRA } from "./model.ts";
  * import { withAdapterPerRow } from "./_rows.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * const y = withAdapterPerRow(model, ["default", "__base__"], () => model.apply(tf.ones([2, 4])));
- * console.log(y.shape); // [2, 2]
+ * assert.deepEqual(y.shape, [2, 2]);
  * model.dispose();
  * ```
  */

@@ -25,8 +25,9 @@ import { checkDensity, type MajoritySignMethod, type MergeRule, mergeTaskTensors
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { COMBINATION_TYPES } from "./combine.ts";
- * console.log(COMBINATION_TYPES.length); // 11
+ * assert.equal(COMBINATION_TYPES.length, 11);
  * ```
  */
 export const COMBINATION_TYPES = [
@@ -117,14 +118,15 @@ export interface WeightedAdapterOptions {
  *
  * @example Two adapters become one, exactly, by concatenation
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addAdapter, addLoRA, listAdapters, loraLayers } from "./model.ts";
  * import { addWeightedAdapter } from "./combine.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(20, 16, 12, 5), { rank: 2, alpha: 4 });
  * addAdapter(model, "other", { rank: 3, alpha: 1 });
  * addWeightedAdapter(model, ["default", "other"], [1, -0.5], "both", { combinationType: "cat" });
- * console.log(listAdapters(model)); // ["default", "other", "both"]
- * console.log(loraLayers(model)[0][1].adapters.get("both")!.rank); // 5
+ * assert.deepEqual(listAdapters(model), ["default", "other", "both"]);
+ * assert.equal(loraLayers(model)[0][1].adapters.get("both")!.rank, 5); // 2 + 3
  * model.dispose();
  * ```
  */

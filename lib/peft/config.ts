@@ -70,12 +70,15 @@ export interface LayerSettings {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { LoRALayer } from "../lora.ts";
  * import { writeConfig } from "./config.ts";
  * const [a, b] = [new LoRALayer(6, 4, 2, 8), new LoRALayer(4, 3, 3, 8)];
  * const { config } = writeConfig([["layers.0", a], ["layers.2", b]], "default");
- * console.log(config.r, config.lora_alpha, config.rank_pattern, config.alpha_pattern);
- * // 2 16 { "layers.2": 3 } { "layers.2": 24 }: PEFT's lora_alpha / r is 8 in both layers
+ * assert.equal(config.r, 2);
+ * assert.equal(config.lora_alpha, 16);
+ * assert.deepEqual(config.rank_pattern, { "layers.2": 3 });
+ * assert.deepEqual(config.alpha_pattern, { "layers.2": 24 }); // PEFT's lora_alpha / r is 8 in both layers
  * a.dispose();
  * b.dispose();
  * ```
@@ -140,9 +143,10 @@ export function writeConfig(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { readConfig } from "./config.ts";
  * const config = readConfig('{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}');
- * console.log(config.use_rslora); // false
+ * assert.equal(config.use_rslora, false);
  * ```
  */
 export function readConfig(text: string): LoraConfig {
@@ -254,12 +258,13 @@ export function checkLoraConfig(c: Record<string, unknown>): LoraConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { layerSettings, readConfig } from "./config.ts";
  * const config = readConfig(
  *   '{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], ' +
  *     '"rank_pattern": {"v_proj": 4}}',
  * );
- * console.log(layerSettings(config, {}, "blocks.0.attn.v_proj")); // { rank: 4, alpha: 16, convention: "paper" }
+ * assert.deepEqual(layerSettings(config, {}, "blocks.0.attn.v_proj"), { rank: 4, alpha: 16, convention: "paper" });
  * ```
  */
 export function layerSettings(config: LoraConfig, metadata: Record<string, string>, module: string): LayerSettings {
@@ -301,10 +306,12 @@ export function layerSettings(config: LoraConfig, metadata: Record<string, strin
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { layerRank, readConfig } from "./config.ts";
  * const config = readConfig('{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": "all-linear", ' +
  *   '"rank_pattern": {"mlp\\\\.fc\\\\d": 4}}');
- * console.log(layerRank(config, "blocks.0.mlp.fc1"), layerRank(config, "blocks.0.attn.q_proj")); // 4 8
+ * assert.equal(layerRank(config, "blocks.0.mlp.fc1"), 4);
+ * assert.equal(layerRank(config, "blocks.0.attn.q_proj"), 8);
  * ```
  */
 export function layerRank(config: LoraConfig, module: string): number {
@@ -316,8 +323,10 @@ export function layerRank(config: LoraConfig, module: string): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { peftInit } from "./config.ts";
- * console.log(peftInit("kaiming"), peftInit("pissa")); // true pissa
+ * assert.equal(peftInit("kaiming"), true);
+ * assert.equal(peftInit("pissa"), "pissa");
  * ```
  */
 export function peftInit(init: LoRAInit): boolean | string {

@@ -51,13 +51,15 @@ export interface AdapterFiles {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { adapterToFiles } from "./files.ts";
  * import { addLoRA } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8 });
  * const { safetensors, config } = await adapterToFiles(model);
- * console.log(JSON.parse(config).lora_alpha); // 32: PEFT's 32 / r = 8 = this library's scaling
- * console.log(safetensors.length); // 4 bytes × 6248 parameters + header
+ * assert.equal(JSON.parse(config).lora_alpha, 32); // PEFT's 32 / r = 8 = this library's scaling
+ * const headerBytes = Number(new DataView(safetensors.buffer, safetensors.byteOffset).getBigUint64(0, true));
+ * assert.equal(safetensors.length, 8 + headerBytes + 4 * 6248); // size, header, 6248 float32 parameters
  * model.dispose();
  * ```
  */
@@ -103,13 +105,14 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { adapterFromFiles, adapterToFiles } from "./files.ts";
  * import { addLoRA } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const tuned = addLoRA(new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 }), { rank: 1, alpha: 2 });
  * const base = new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 });
  * adapterFromFiles(base, await adapterToFiles(tuned));
- * console.log(String(base.layers[0]).split("\n")[2]); // (lora): LoRALayer(in_dim=4, out_dim=3, rank=1, …)
+ * assert.match(String(base.layers[0]).split("\n")[2], /\(lora\): LoRALayer\(in_dim=4, out_dim=3, rank=1, /);
  * tuned.dispose();
  * base.dispose();
  * ```
@@ -185,13 +188,14 @@ export function adapterFromFiles(model: Module, files: AdapterFiles, adapterName
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * import { saveAdapter } from "./files.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * await saveAdapter(model, "data/example-adapter");
- * for await (const file of Deno.readDir("data/example-adapter")) console.log(file.name);
- * // adapter_model.safetensors, adapter_config.json
+ * const names = (await Array.fromAsync(Deno.readDir("data/example-adapter"))).map((file) => file.name);
+ * assert.deepEqual(names.sort(), ["adapter_config.json", "adapter_model.safetensors"]);
  * await Deno.remove("data/example-adapter", { recursive: true });
  * model.dispose();
  * ```
@@ -209,6 +213,7 @@ export async function saveAdapter(model: Module, dir: string, adapterName = "def
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * import { loadAdapter, saveAdapter } from "./files.ts";
@@ -218,7 +223,7 @@ export async function saveAdapter(model: Module, dir: string, adapterName = "def
  * const served = addLoRA(new MultilayerPerceptron(4, 3, 3, 2, { seed: 1 }), { rank: 1, alpha: 2 });
  * await loadAdapter(served, "data/example-rotated", "rotated");
  * setAdapter(served, "rotated");
- * console.log(listAdapters(served)); // ["default", "rotated"]
+ * assert.deepEqual(listAdapters(served), ["default", "rotated"]);
  * await Deno.remove("data/example-rotated", { recursive: true });
  * tuned.dispose();
  * served.dispose();

@@ -368,8 +368,10 @@ function setTrainable(adapter: Module, trainable: boolean): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { adapterKey } from "./layer.ts";
- * console.log(adapterKey("default"), adapterKey("rotated")); // lora lora_rotated
+ * assert.equal(adapterKey("default"), "lora");
+ * assert.equal(adapterKey("rotated"), "lora_rotated");
  * ```
  */
 export function adapterKey(name: string): string {
@@ -382,13 +384,11 @@ export function adapterKey(name: string): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { checkAdapterName } from "./layer.ts";
  * checkAdapterName("rotated"); // fine
- * try {
- *   checkAdapterName("a.b");
- * } catch (error) {
- *   console.log((error as Error).message);
- * }
+ * assert.throws(() => checkAdapterName("a.b"), RangeError);
+ * assert.throws(() => checkAdapterName("__base__"), /"__base__" is reserved/);
  * ```
  */
 export function checkAdapterName(name: string): void {

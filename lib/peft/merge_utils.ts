@@ -46,10 +46,11 @@ export interface MergeOptions {
  *
  * @example Three tasks, two entries: the first entry's elected sign is − (3 − 1 − 5 < 0)
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mergeTaskTensors } from "./merge_utils.ts";
  * const tasks = [new Float64Array([3, 1]), new Float64Array([-1, 2]), new Float64Array([-5, 0])];
- * console.log(mergeTaskTensors("linear", tasks, [1, 1, 1])); // Float64Array(2) [ -3, 3 ]
- * console.log(mergeTaskTensors("ties", tasks, [1, 1, 1], { density: 1 })); // Float64Array(2) [ -3, 1.5 ]
+ * assert.deepEqual(mergeTaskTensors("linear", tasks, [1, 1, 1]), new Float64Array([-3, 3]));
+ * assert.deepEqual(mergeTaskTensors("ties", tasks, [1, 1, 1], { density: 1 }), new Float64Array([-3, 1.5]));
  * ```
  */
 export function mergeTaskTensors(
@@ -119,8 +120,10 @@ function dropAndRescale(t: Float64Array, density: number, random: () => number):
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { checkDensity } from "./merge_utils.ts";
  * checkDensity("example", "ties", 0.5); // fine
+ * assert.throws(() => checkDensity("example", "ties", 1.5), /in \(0, 1\]; got 1\.5/);
  * ```
  */
 export function checkDensity(where: string, method: string, density: number | undefined): void {

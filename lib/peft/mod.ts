@@ -16,11 +16,12 @@
  *
  * @example Two adapters on one base, one of them saved in PEFT's format
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addAdapter, addLoRA, listAdapters, saveAdapter } from "./mod.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(784, 128, 256, 10), { rank: 4, alpha: 8 });
  * addAdapter(model, "rotated", { rank: 8, alpha: 4, targetModules: ["layers.0", "layers.2"] });
- * console.log(listAdapters(model)); // ["default", "rotated"]
+ * assert.deepEqual(listAdapters(model), ["default", "rotated"]);
  * await saveAdapter(model, "data/example-peft", "rotated");
  * await Deno.remove("data/example-peft", { recursive: true });
  * model.dispose();

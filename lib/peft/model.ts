@@ -243,13 +243,14 @@ function prefixed(error: unknown, caller: string): unknown {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addAdapter, addLoRA, setAdapter } from "./model.ts";
  * import { trainableVariables } from "../module.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * addAdapter(model, "rotated", { rank: 1, alpha: 2 });
  * setAdapter(model, "rotated");
- * console.log(trainableVariables(model).length); // 6: A and B of "rotated" in three layers
+ * assert.equal(trainableVariables(model).length, 6); // A and B of "rotated" in three layers
  * model.dispose();
  * ```
  */
@@ -265,12 +266,14 @@ export function setAdapter(model: Module, name: string): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addAdapter, addLoRA, deleteAdapter, listAdapters, loraLayers } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * addAdapter(model, "rotated", { rank: 1, alpha: 2 });
  * deleteAdapter(model, "default");
- * console.log(listAdapters(model), loraLayers(model)[0][1].activeAdapter); // ["rotated"] rotated
+ * assert.deepEqual(listAdapters(model), ["rotated"]);
+ * assert.equal(loraLayers(model)[0][1].activeAdapter, "rotated");
  * model.dispose();
  * ```
  */
@@ -294,10 +297,12 @@ export function deleteAdapter(model: Module, name: string): void {
  *
  * @example
  * ```ts
- * import { addLoRA, disableAdapters, enableAdapters } from "./model.ts";
+ * import assert from "node:assert/strict";
+ * import { addLoRA, disableAdapters, enableAdapters, loraLayers } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * disableAdapters(model);
+ * assert.equal(loraLayers(model)[0][1].adaptersDisabled, true);
  * enableAdapters(model);
  * model.dispose();
  * ```
@@ -312,12 +317,13 @@ export function disableAdapters(model: Module): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA, disableAdapters, enableAdapters, loraLayers } from "./model.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * disableAdapters(model);
  * enableAdapters(model);
- * console.log(loraLayers(model)[0][1].adaptersDisabled); // false
+ * assert.equal(loraLayers(model)[0][1].adaptersDisabled, false);
  * model.dispose();
  * ```
  */

@@ -16,11 +16,14 @@ import { loraLayers } from "./model.ts";
  *
  * @example
  * ```ts
- * import { addLoRA } from "./model.ts";
+ * import assert from "node:assert/strict";
+ * import { addLoRA, loraLayers } from "./model.ts";
  * import { mergeAdapter, unmergeAdapter } from "./serve.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * mergeAdapter(model);
+ * assert.ok(loraLayers(model).every(([, layer]) => layer.merged));
+ * assert.throws(() => mergeAdapter(model), /already merged/);
  * unmergeAdapter(model);
  * model.dispose();
  * ```
@@ -46,12 +49,15 @@ export function mergeAdapter(model: Module, name?: string): void {
  *
  * @example
  * ```ts
- * import { addLoRA } from "./model.ts";
+ * import assert from "node:assert/strict";
+ * import { addLoRA, loraLayers } from "./model.ts";
  * import { mergeAdapter, unmergeAdapter } from "./serve.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * mergeAdapter(model);
  * unmergeAdapter(model);
+ * assert.ok(loraLayers(model).every(([, layer]) => !layer.merged));
+ * assert.throws(() => unmergeAdapter(model), /nothing to unmerge/);
  * model.dispose();
  * ```
  */
@@ -70,11 +76,12 @@ export function unmergeAdapter(model: Module): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { addLoRA } from "./model.ts";
  * import { mergeAndUnload } from "./serve.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = mergeAndUnload(addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 }));
- * console.log(model.layers[0].constructor.name); // Linear
+ * assert.equal(model.layers[0].constructor.name, "Linear");
  * model.dispose();
  * ```
  */
@@ -100,6 +107,7 @@ export function mergeAndUnload<M extends Module>(model: M): M {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { addAdapter, addLoRA } from "./model.ts";
  * import { applyMixedBatch } from "./serve.ts";
@@ -107,7 +115,7 @@ export function mergeAndUnload<M extends Module>(model: M): M {
  * const model = addLoRA(new MultilayerPerceptron(4, 3, 3, 2), { rank: 1, alpha: 2 });
  * addAdapter(model, "rotated", { rank: 1, alpha: 2 });
  * const logits = applyMixedBatch(model, tf.ones([3, 4]), ["default", "rotated", "__base__"]);
- * console.log(logits.shape); // [3, 2]
+ * assert.deepEqual(logits.shape, [3, 2]);
  * model.dispose();
  * ```
  */

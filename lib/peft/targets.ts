@@ -27,10 +27,11 @@ export type TargetModules = string | readonly string[];
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { matchesTarget } from "./targets.ts";
- * console.log(matchesTarget("blocks.0.attn.q_proj", ["q_proj", "v_proj"])); // true
- * console.log(matchesTarget("blocks.0.attn.q_proj", ["proj"])); // false: a suffix must start after a dot
- * console.log(matchesTarget("blocks.1.attn.v_proj", "blocks\\.\\d+\\.attn\\.[qv]_proj")); // true
+ * assert.equal(matchesTarget("blocks.0.attn.q_proj", ["q_proj", "v_proj"]), true);
+ * assert.equal(matchesTarget("blocks.0.attn.q_proj", ["proj"]), false); // a suffix must start after a dot
+ * assert.equal(matchesTarget("blocks.1.attn.v_proj", "blocks\\.\\d+\\.attn\\.[qv]_proj"), true);
  * ```
  */
 export function matchesTarget(name: string, target: TargetModules): boolean {
@@ -250,12 +251,13 @@ export interface TargetOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { findTargets } from "./targets.ts";
  * import { MultilayerPerceptron } from "../mlp.ts";
  * const model = new MultilayerPerceptron(4, 3, 3, 2);
- * console.log(findTargets(model, {})); // ["layers.0", "layers.2", "layers.4"]
- * console.log(findTargets(model, { targetModules: ["4"] })); // ["layers.4"]
- * console.log(findTargets(model, { targetModules: "layers\\.[02]" })); // ["layers.0", "layers.2"]
+ * assert.deepEqual(findTargets(model, {}), ["layers.0", "layers.2", "layers.4"]);
+ * assert.deepEqual(findTargets(model, { targetModules: ["4"] }), ["layers.4"]);
+ * assert.deepEqual(findTargets(model, { targetModules: "layers\\.[02]" }), ["layers.0", "layers.2"]);
  * model.dispose();
  * ```
  */
