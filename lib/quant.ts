@@ -370,10 +370,16 @@ export function nf4Scales(q: NF4Tensor): Float32Array {
  */
 export function dequantizeNF4(q: NF4Tensor): Float32Array {
   const scales = nf4Scales(q);
-  const out = new Float32Array(q.length);
-  for (let k = 0; k < q.length; k++) {
-    const byte = q.packed[k >> 1];
-    out[k] = f32(NF4_TABLE[k % 2 === 0 ? byte >> 4 : byte & 0x0f] * scales[Math.floor(k / q.blockSize)]);
+  const { packed, blockSize, length } = q;
+  const out = new Float32Array(length);
+  for (let b = 0; b < scales.length; b++) {
+    const scale = scales[b];
+    const end = Math.min(length, (b + 1) * blockSize);
+    // A float32 times a float32 is exact in a double; storing it rounds once, as float32 arithmetic does.
+    for (let k = b * blockSize; k < end; k++) {
+      const byte = packed[k >> 1];
+      out[k] = NF4_TABLE[(k & 1) === 0 ? byte >> 4 : byte & 0x0f] * scale;
+    }
   }
   return out;
 }
@@ -449,9 +455,11 @@ const INVERSE_127 = f32(7.874015718698502e-3);
  * ```
  */
 export function dequantizeInt8Rows(q: Int8Rows): Float32Array {
-  const out = new Float32Array(q.values.length);
-  for (let k = 0; k < out.length; k++) {
-    out[k] = f32(f32(q.values[k] * q.scales[Math.floor(k / q.columns)]) * INVERSE_127);
+  const { rows, columns, values, scales } = q;
+  const out = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) {
+    const scale = scales[r];
+    for (let k = r * columns; k < (r + 1) * columns; k++) out[k] = f32(values[k] * scale) * INVERSE_127;
   }
   return out;
 }
