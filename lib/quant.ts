@@ -646,15 +646,108 @@ export class QuantizedLinear extends Module {
       const got = (linear as object | null)?.constructor?.name ?? String(linear);
       throw new TypeError(`QuantizedLinear.fromLinear: expected a Linear layer; got ${got}.`);
     }
-    checkSpec(spec, "QuantizedLinear.fromLinear");
-    const { inFeatures, outFeatures } = linear;
+    return QuantizedLinear.fromWeight(linear.weight, linear.bias, spec, { fanInFanOut: linear.fanInFanOut });
+  }
+
+  /**
+   * A layer from a float32 weight `[inFeatures, outFeatures]` (the layout of `Linear.weight`) and an optional
+   * bias `[outFeatures]`, quantized as `spec` says; both are copied, the caller keeps and disposes its tensors.
+   * With `spec` a layer's own {@linkcode QuantizedLinear.spec}, this re-quantizes a changed weight (a merged
+   * one, say) the way the layer was quantized. Re-quantizing the dequantized weight itself gives back the same
+   * 4-bit codes and, without double quantization, the same scales (double quantization recomputes the scales'
+   * 8-bit codes around their new mean, which can move a scale by one step of that code).
+   *
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import * as tf from "@tensorflow/tfjs";
+   * import { QuantizedLinear } from "./quant.ts";
+   * const w = tf.randomNormal([64, 2], 0, 0.02, "float32", 1) as tf.Tensor2D;
+   * const q = QuantizedLinear.fromWeight(w, null, { bits: 4, blockSize: 32 });
+   * const dense = q.dequantize();
+   * const again = QuantizedLinear.fromWeight(dense, null, q.spec);
+   * assert.ok(q.quantized.bits === 4 && again.quantized.bits === 4);
+   * assert.deepEqual(again.quantized.nf4.packed, q.quantized.nf4.packed);
+   * tf.dispose([w, dense]);
+   * q.dispose();
+   * again.dispose();
+   * ```
+   */
+  static fromWeight(
+    weight: tf.Tensor2D,
+    bias: tf.Tensor1D | null,
+    spec: QuantizeSpec,
+    options: { fanInFanOut?: boolean } = {},
+  ): QuantizedLinear {
+    if (!(weight instanceof tf.Tensor) || weight.rank !== 2 || weight.dtype !== "float32") {
+      const got = weight instanceof tf.Tensor ? `${weight.dtype} [${weight.shape}]` : String(weight);
+      throw new TypeError(`QuantizedLinear.fromWeight: expected a float32 weight [in, out]; got ${got}.`);
+    }
+    checkSpec(spec, "QuantizedLinear.fromWeight");
+    const [inFeatures, outFeatures] = weight.shape;
+    if (bias !== null && !(bias instanceof tf.Tensor && bias.rank === 1 && bias.shape[0] === outFeatures)) {
+      const got = bias instanceof tf.Tensor ? `[${bias.shape}]` : String(bias);
+      throw new RangeError(`QuantizedLinear.fromWeight: bias must be [${outFeatures}] or null; got ${got}.`);
+    }
     // [in, out] transposed to PyTorch's [out, in], flattened row-major: bitsandbytes' order.
-    const flat = tf.tidy(() => tf.transpose(linear.weight).dataSync() as Float32Array);
+    const flat = tf.tidy(() => tf.transpose(weight).dataSync() as Float32Array);
     const quantized: QuantizedWeight = spec.bits === 4
       ? { bits: 4, nf4: quantizeNF4(flat, { blockSize: spec.blockSize ?? 64, doubleQuant: spec.doubleQuant }) }
       : { bits: 8, int8: quantizeInt8Rows(flat, outFeatures, inFeatures) };
-    const bias = linear.bias === null ? null : tf.clone(linear.bias) as tf.Tensor1D;
-    return new QuantizedLinear(inFeatures, outFeatures, quantized, bias, { fanInFanOut: linear.fanInFanOut });
+    const copy = bias === null ? null : tf.clone(bias) as tf.Tensor1D;
+    return new QuantizedLinear(inFeatures, outFeatures, quantized, copy, options);
+  }
+
+  /**
+   * How this layer was quantized, as {@linkcode QuantizedLinear.fromWeight} takes it.
+   *
+   * @example
+   * ```ts
+   * import { Linear } from "./layers.ts";
+   * import { QuantizedLinear } from "./quant.ts";
+   * const linear = new Linear(64, 2, { seed: 1 });
+   * const q = QuantizedLinear.fromLinear(linear, { bits: 4, doubleQuant: true });
+   * console.log(q.spec); // { bits: 4, blockSize: 64, doubleQuant: true }
+   * q.dispose();
+   * linear.dispose();
+   * ```
+   */
+  get spec(): QuantizeSpec {
+    const q = this.quantized;
+    return q.bits === 8
+      ? { bits: 8 }
+      : { bits: 4, blockSize: q.nf4.blockSize, doubleQuant: q.nf4.doubleQuant !== null };
+  }
+
+  /**
+   * A float32 `Linear` holding the dequantized weight and a copy of the bias: the base to merge adapters into
+   * when the merged model should stay in float32. The caller disposes it.
+   *
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import * as tf from "@tensorflow/tfjs";
+   * import { Linear } from "./layers.ts";
+   * import { QuantizedLinear } from "./quant.ts";
+   * const base = new Linear(64, 2, { seed: 1 });
+   * const q = QuantizedLinear.fromLinear(base, { bits: 8 });
+   * const linear = q.toLinear();
+   * const x = tf.ones([1, 64]);
+   * assert.deepEqual(linear.apply(x).arraySync(), q.apply(x).arraySync());
+   * [base, q, linear].forEach((m) => m.dispose());
+   * ```
+   */
+  toLinear(): Linear {
+    const linear = new Linear(this.inFeatures, this.outFeatures, {
+      bias: this.bias !== null,
+      fanInFanOut: this.fanInFanOut,
+      seed: 0,
+    });
+    tf.tidy(() => {
+      linear.weight.assign(this.dequantize());
+      if (this.bias !== null) linear.bias!.assign(this.bias);
+    });
+    return linear;
   }
 
   /** The dequantized weight in PyTorch's `[out, in]` order, flattened row-major (bitsandbytes' dequantize). */

@@ -376,6 +376,52 @@ Deno.test("QuantizedLinear is frozen: no variables, trainable = true and weight 
   linear.dispose();
 });
 
+Deno.test("re-quantizing a dequantized weight with the layer's spec gives the same 4-bit codes; toLinear is the same layer", async () => {
+  const linear = new Linear(200, 24, { seed: 8 });
+  await assertNoLeak(() => {
+    for (
+      const spec of [{ bits: 4 as const }, { bits: 4 as const, blockSize: 32, doubleQuant: true }, { bits: 8 as const }]
+    ) {
+      const q = QuantizedLinear.fromLinear(linear, spec);
+      assertEquals(q.spec, spec.bits === 8 ? spec : { blockSize: 64, doubleQuant: false, ...spec });
+      const dense = q.dequantize();
+      const again = QuantizedLinear.fromWeight(dense, q.bias, q.spec);
+      const [a, b] = [q.quantized, again.quantized];
+      if (a.bits === 4 && b.bits === 4) {
+        assertEquals(Array.from(b.nf4.packed), Array.from(a.nf4.packed));
+        const [sa, sb] = [nf4Scales(a.nf4), nf4Scales(b.nf4)];
+        // Without double quantization the scales come back exactly; with it, the scales' own 8-bit codes are
+        // recomputed around a new mean, so a scale may move by the 8-bit code's step (under 1%).
+        if (a.nf4.doubleQuant === null) assertEquals(Array.from(sb), Array.from(sa));
+        else assert.ok(sa.every((v, i) => Math.abs(v - sb[i]) <= 0.01 * v), "double-quantized scales moved");
+      } else if (a.bits === 8 && b.bits === 8) {
+        assertEquals(Array.from(b.int8.values), Array.from(a.int8.values));
+      } else assert.fail("bits changed");
+      const float = q.toLinear();
+      assertEquals(float.fanInFanOut, linear.fanInFanOut);
+      const x = tf.randomNormal([5, 200], 0, 1, "float32", 4);
+      const [y1, y2] = [q.apply(x), float.apply(x)];
+      assertBitIdentical(y2, y1, `toLinear ${JSON.stringify(spec)}`);
+      tf.dispose([dense, x, y1, y2]);
+      [q, again, float].forEach((m) => m.dispose());
+    }
+  });
+  assertThrows(
+    () => QuantizedLinear.fromWeight(tf.zeros([4]) as unknown as tf.Tensor2D, null, { bits: 4 }),
+    TypeError,
+    /expected a float32 weight \[in, out\]; got float32 \[4\]/,
+  );
+  const w = tf.zeros([4, 3]) as tf.Tensor2D;
+  const wrongBias = tf.zeros([4]) as tf.Tensor1D;
+  assertThrows(
+    () => QuantizedLinear.fromWeight(w, wrongBias, { bits: 8 }),
+    RangeError,
+    /bias must be \[3\] or null; got \[4\]/,
+  );
+  tf.dispose([w, wrongBias]);
+  linear.dispose();
+});
+
 Deno.test("QuantizedLinear.bytes and quantizedBytes: the exact bytes held, for every representation", () => {
   for (const [n, m] of [[784, 128], [128, 256], [256, 10], [3, 5], [64, 300]]) {
     const linear = new Linear(n, m, { seed: 1 });
