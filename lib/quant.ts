@@ -750,12 +750,6 @@ export class QuantizedLinear extends Module {
     return linear;
   }
 
-  /** The dequantized weight in PyTorch's `[out, in]` order, flattened row-major (bitsandbytes' dequantize). */
-  private dequantizedRows(): Float32Array {
-    const q = this.quantized;
-    return q.bits === 4 ? dequantizeNF4(q.nf4) : dequantizeInt8Rows(q.int8);
-  }
-
   /**
    * The dequantized weight as a dense float32 tensor `[inFeatures, outFeatures]`, the layout of
    * `Linear.weight`; a new tensor the caller disposes.
@@ -775,10 +769,29 @@ export class QuantizedLinear extends Module {
    * ```
    */
   dequantize(): tf.Tensor2D {
-    const rows = this.dequantizedRows();
+    // bitsandbytes' dequantization of value k = o·in + i of the [out, in] weight, written straight to [i][o]. The
+    // products are those of dequantizeNF4 and dequantizeInt8Rows: a float32 times a float32 is exact in a double,
+    // and storing it rounds once, as float32 arithmetic does.
     const [n, m] = [this.inFeatures, this.outFeatures];
     const dense = new Float32Array(n * m);
-    for (let o = 0; o < m; o++) for (let i = 0; i < n; i++) dense[i * m + o] = rows[o * n + i];
+    const q = this.quantized;
+    if (q.bits === 4) {
+      const scales = nf4Scales(q.nf4);
+      const { packed } = q.nf4;
+      const shift = Math.log2(q.nf4.blockSize); // NF4 block sizes are powers of two
+      for (let o = 0, k = 0; o < m; o++) {
+        for (let i = 0; i < n; i++, k++) {
+          const byte = packed[k >> 1];
+          dense[i * m + o] = NF4_TABLE[(k & 1) === 0 ? byte >> 4 : byte & 0x0f] * scales[k >> shift];
+        }
+      }
+    } else {
+      const { values, scales } = q.int8;
+      for (let o = 0, k = 0; o < m; o++) {
+        const scale = scales[o];
+        for (let i = 0; i < n; i++, k++) dense[i * m + o] = f32(values[k] * scale) * INVERSE_127;
+      }
+    }
     return tf.tensor2d(dense, [n, m], "float32");
   }
 

@@ -303,13 +303,21 @@ Deno.test("QuantizedLinear quantizes PyTorch's [out, in] weight flattened row-ma
   const q8 = QuantizedLinear.fromLinear(linear, { bits: 8 });
   assert.ok(q8.quantized.bits === 8);
   assertEquals(Array.from(q8.quantized.int8.values), Array.from(quantizeInt8Rows(rowMajor, 5, 64).values));
-  // dequantize() is [in, out] again.
-  const dense = q4.dequantize();
-  const flat = dequantizeNF4(expected);
-  const d = dense.arraySync();
-  for (let k = 0; k < 320; k++) assertEquals(d[k % 64][Math.floor(k / 64)], flat[k]);
-  tf.dispose([dense]);
-  [q4, q8, linear].forEach((m) => m.dispose());
+  // dequantize() is [in, out] again, holding bitsandbytes' dequantized values.
+  const q4dq = QuantizedLinear.fromLinear(linear, { bits: 4, doubleQuant: true, blockSize: 32 });
+  assert.ok(q4dq.quantized.bits === 4);
+  const flats = [
+    dequantizeNF4(expected),
+    dequantizeInt8Rows(quantizeInt8Rows(rowMajor, 5, 64)),
+    dequantizeNF4(q4dq.quantized.nf4),
+  ];
+  [q4, q8, q4dq].forEach((layer, j) => {
+    const dense = layer.dequantize();
+    const d = dense.arraySync();
+    for (let k = 0; k < 320; k++) assertEquals(d[k % 64][Math.floor(k / 64)], flats[j][k], `layer ${j} value ${k}`);
+    tf.dispose([dense]);
+  });
+  [q4, q8, q4dq, linear].forEach((m) => m.dispose());
 });
 
 Deno.test("QuantizedLinear.apply equals matMul(x, dequantize()) + bias bit for bit, for 2- and 3-axis inputs", async () => {
