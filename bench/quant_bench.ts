@@ -1,0 +1,103 @@
+/**
+ * What quantizing the frozen base costs and saves: bytes of the base (float32, int8 per row, NF4, NF4 with
+ * double quantization), the reconstruction error of the quantized weights, and the forward time of a quantized
+ * layer against the float32 one, for the tutorial's perceptron (784-128-256-10) and the tiny GPT, both at their
+ * random initialisation (the perceptron's is PyTorch's uniform one, the GPT's GPT-2's normal one). The layers
+ * quantized are the ones `quantizeModel` picks by default: every linear layer but the GPT's `lm_head`.
+ *
+ *     deno run --allow-read --allow-env --allow-sys=loadavg bench/quant_bench.ts
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { getModule, initBackend, Linear, type Module, MultilayerPerceptron } from "../lib/mod.ts";
+import { GPT } from "../lib/gpt/model.ts";
+import { findTargets } from "../lib/peft/targets.ts";
+import { QuantizedLinear, type QuantizeSpec } from "../lib/quant.ts";
+import { timeCalls } from "./timing.ts";
+
+const backend = await initBackend();
+
+const SPECS: [string, QuantizeSpec | null][] = [
+  ["float32", null],
+  ["int8 (per row)", { bits: 8 }],
+  ["NF4 (blocks of 64)", { bits: 4 }],
+  ["NF4 + double quant", { bits: 4, doubleQuant: true }],
+];
+
+const models: [string, () => Module][] = [
+  ["MLP 784-128-256-10", () => new MultilayerPerceptron(784, 128, 256, 10, { seed: 123 })],
+  [
+    "GPT (2 layers, width 64)",
+    () => new GPT({ vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 64 }, { seed: 1 }),
+  ],
+];
+
+const pad = (s: string | number, n: number) => String(s).padStart(n);
+const kib = (bytes: number) => `${(bytes / 1024).toFixed(1)} KiB`;
+
+console.log(`backend ${backend}, load average ${Deno.loadavg().map((v) => v.toFixed(2)).join(" ")}\n`);
+console.log(
+  `${"model".padEnd(26)}${"base as".padEnd(20)}${pad("quantized weights", 20)}${pad("whole model", 14)}` +
+    `${pad("vs float32", 12)}${pad("max |W−Ŵ|", 12)}${pad("‖W−Ŵ‖/‖W‖", 12)}`,
+);
+for (const [label, build] of models) {
+  const model = build();
+  const targets = findTargets(model, { targetModules: "all-linear" }, "quant_bench");
+  const allBytes = 4 * model.namedParameters().reduce((n, p) => n + p.variable.size, 0);
+  const targetWeights = targets.map((name) => getModule(model, name) as Linear);
+  const floatBytes = targetWeights.reduce((n, l) => n + 4 * l.weight.size, 0);
+  const rest = allBytes - floatBytes; // biases, embeddings, LayerNorms and lm_head stay float32
+  let reference = 0;
+  for (const [name, spec] of SPECS) {
+    let weightBytes = 0, maxError = 0, errorSq = 0, normSq = 0;
+    for (const linear of targetWeights) {
+      if (spec === null) {
+        weightBytes += 4 * linear.weight.size;
+        continue;
+      }
+      const q = QuantizedLinear.fromLinear(linear, spec);
+      const b = q.bytes();
+      weightBytes += b.total - b.bias;
+      const [w, dq] = [linear.weight.dataSync(), q.dequantize()];
+      const d = dq.dataSync();
+      for (let k = 0; k < w.length; k++) {
+        const e = Math.abs(w[k] - d[k]);
+        maxError = Math.max(maxError, e);
+        errorSq += e * e;
+        normSq += w[k] * w[k];
+      }
+      dq.dispose();
+      q.dispose();
+    }
+    const total = weightBytes + rest;
+    if (spec === null) reference = total;
+    const relative = spec === null ? "—" : Math.sqrt(errorSq / normSq).toFixed(4);
+    console.log(
+      `${label.padEnd(26)}${name.padEnd(20)}${pad(`${weightBytes} B`, 20)}${pad(kib(total), 14)}` +
+        `${pad(`${(total / reference).toFixed(3)}×`, 12)}${pad(spec === null ? "—" : maxError.toExponential(2), 12)}` +
+        `${pad(relative, 12)}`,
+    );
+  }
+  model.dispose();
+}
+
+console.log(`\nforward time at batch 64 (median of 5 runs × 20 calls, ms per call)`);
+console.log(`${"layer".padEnd(22)}${"base as".padEnd(20)}${pad("ms", 9)}${pad("vs float32", 12)}`);
+for (const [inFeatures, outFeatures] of [[784, 128], [64, 256]]) {
+  const linear = new Linear(inFeatures, outFeatures, { seed: 4 });
+  const x = tf.randomNormal([64, inFeatures], 0, 1, "float32", 2);
+  let reference = 0;
+  for (const [name, spec] of SPECS) {
+    const layer = spec === null ? linear : QuantizedLinear.fromLinear(linear, spec);
+    const ms = await timeCalls(() => layer.apply(x), { runs: 5, calls: 20, warmup: 5 });
+    if (spec === null) reference = ms;
+    console.log(
+      `${`${inFeatures}→${outFeatures}`.padEnd(22)}${name.padEnd(20)}${pad(ms.toFixed(3), 9)}` +
+        `${pad(`${(ms / reference).toFixed(2)}×`, 12)}`,
+    );
+    if (layer !== linear) layer.dispose();
+  }
+  x.dispose();
+  linear.dispose();
+}
