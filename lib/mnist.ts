@@ -8,7 +8,8 @@
  * @module
  */
 import { createRequire } from "node:module";
-import { seededRandom, shuffleInPlace } from "./random.ts";
+import { checkBatchSize, epochOrder } from "./_batching.ts";
+import { seededRandom } from "./random.ts";
 
 export { seededRandom, shuffleInPlace } from "./random.ts";
 
@@ -224,9 +225,7 @@ export class DataLoader implements Iterable<Batch> {
 
   /** Batches of `split`, `options.batchSize` at a time, shuffled each epoch if `options.shuffle`. */
   constructor(split: MnistSplit, options: DataLoaderOptions) {
-    if (!Number.isInteger(options.batchSize) || options.batchSize <= 0) {
-      throw new RangeError(`DataLoader: batchSize must be a positive integer; got ${options.batchSize}.`);
-    }
+    checkBatchSize("DataLoader", options.batchSize);
     this.split = split;
     this.batchSize = options.batchSize;
     this.shuffle = options.shuffle ?? false;
@@ -241,8 +240,7 @@ export class DataLoader implements Iterable<Batch> {
   /** One epoch: every example once, in batches; the last batch holds the remainder. */
   *[Symbol.iterator](): Iterator<Batch> {
     const { split, batchSize } = this;
-    const order = Uint32Array.from({ length: split.count }, (_, i) => i);
-    if (this.shuffle) shuffleInPlace(order, this.#random);
+    const order = epochOrder(split.count, this.shuffle, this.#random);
     const width = split.rows * split.cols;
     for (let start = 0; start < split.count; start += batchSize) {
       const size = Math.min(batchSize, split.count - start);

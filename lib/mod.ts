@@ -88,6 +88,7 @@ export {
   computeAccuracy,
   crossEntropy,
   type EpochSummary,
+  optimizerStep,
   type ParameterGroup,
   type Progress,
   train,

@@ -215,20 +215,44 @@ export function trainStep(
 ): tf.Scalar {
   const width = batch.features.length / batch.size;
   const x = tf.tensor2d(batch.features, [batch.size, width]);
+  return optimizerStep(optimizer, variables, [x], () => {
+    const logits = model.apply(x) as tf.Tensor2D;
+    return crossEntropy(logits, oneHot(batch.labels, logits.shape[1]));
+  });
+}
+
+/**
+ * The part every training step shares: minimise `loss()` over `variables` with `optimizer`, free `inputs`
+ * afterwards, and if anything throws, release the gradient tape tfjs would otherwise leave recording. Returns
+ * the loss, which the caller disposes. {@linkcode trainStep} and the GPT's `languageModelStep` are both this
+ * with their own inputs and loss.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { adam, optimizerStep } from "./train.ts";
+ * const w = tf.variable(tf.scalar(3));
+ * const x = tf.scalar(2);
+ * const loss = optimizerStep(adam(0.1), [w], [x], () => tf.square(tf.mul(w, x)) as tf.Scalar);
+ * assert.equal(loss.dataSync()[0], 36); // (3·2)², before the step
+ * assert.ok(x.isDisposed);
+ * loss.dispose();
+ * ```
+ */
+export function optimizerStep(
+  optimizer: tf.Optimizer,
+  variables: tf.Variable[],
+  inputs: tf.Tensor[],
+  loss: () => tf.Scalar,
+): tf.Scalar {
   try {
-    return optimizer.minimize(
-      () => {
-        const logits = model.apply(x) as tf.Tensor2D;
-        return crossEntropy(logits, oneHot(batch.labels, logits.shape[1]));
-      },
-      true,
-      variables,
-    )!;
+    return optimizer.minimize(loss, true, variables)!;
   } catch (error) {
     releaseAbandonedTape();
     throw error;
   } finally {
-    x.dispose();
+    tf.dispose(inputs);
   }
 }
 

@@ -10,6 +10,7 @@
  * @module
  */
 import { createRequire } from "node:module";
+import { checkBatchSize, epochOrder } from "./_batching.ts";
 import { seededRandom, shuffleInPlace } from "./random.ts";
 
 const LETTERS = "abcdefghijklmnopqrstuvwxyz";
@@ -386,9 +387,7 @@ export class TokenLoader implements Iterable<TokenBatch> {
    * `count` and `blockSize` give, and no empty window (length 0), which is named by its position.
    */
   constructor(windows: Windows, options: TokenLoaderOptions) {
-    if (!Number.isInteger(options.batchSize) || options.batchSize <= 0) {
-      throw new RangeError(`TokenLoader: batchSize must be a positive integer; got ${options.batchSize}.`);
-    }
+    checkBatchSize("TokenLoader", options.batchSize);
     if (windows.count === 0) throw new RangeError("TokenLoader: there are no windows to load.");
     checkWindows(windows);
     this.windows = windows;
@@ -406,8 +405,7 @@ export class TokenLoader implements Iterable<TokenBatch> {
   /** One epoch: every window once. */
   *[Symbol.iterator](): Iterator<TokenBatch> {
     const { windows, batchSize } = this;
-    const order = Uint32Array.from({ length: windows.count }, (_, i) => i);
-    if (this.shuffle) shuffleInPlace(order, this.#random);
+    const order = epochOrder(windows.count, this.shuffle, this.#random);
     let batches: Uint32Array[] = [];
     const pool = this.groupByLength ? (this.shuffle ? 50 * batchSize : order.length) : batchSize;
     for (let start = 0; start < order.length; start += pool) {

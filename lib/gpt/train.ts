@@ -6,7 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Module } from "../module.ts";
-import { releaseAbandonedTape } from "../tfjs_internals.ts";
+import { optimizerStep } from "../train.ts";
 import type { TokenBatch } from "../words.ts";
 import { sequenceCrossEntropy } from "./ops.ts";
 
@@ -53,19 +53,17 @@ export function languageModelStep(
 ): tf.Scalar {
   const tokens = tf.tensor2d(batch.inputs, [batch.size, batch.time], "int32");
   const targets = tf.tensor2d(batch.targets, [batch.size, batch.time], "int32");
-  try {
-    return withTraining(model, true, () =>
-      optimizer.minimize(
-        () => sequenceCrossEntropy((model as LanguageModel).apply(tokens) as tf.Tensor3D, targets),
-        true,
+  return withTraining(
+    model,
+    true,
+    () =>
+      optimizerStep(
+        optimizer,
         variables,
-      )!);
-  } catch (error) {
-    releaseAbandonedTape();
-    throw error;
-  } finally {
-    tf.dispose([tokens, targets]);
-  }
+        [tokens, targets],
+        () => sequenceCrossEntropy((model as LanguageModel).apply(tokens) as tf.Tensor3D, targets),
+      ),
+  );
 }
 
 /** What {@linkcode evaluateLoss} measures. */
