@@ -45,7 +45,8 @@ const IGNORED = [/(^|\.)h\.\d+\.attn\.(masked_)?bias$/, /(^|\.)rotary_emb\.inv_f
 
 /**
  * Opens the checkpoint folder `dir`: reads `config.json` (see `parseConfig`), builds the model it names, loads
- * its weights, and reads `tokenizer.json` with `tokenizer_config.json`. A tied output layer
+ * its weights, and reads `tokenizer.json` with `tokenizer_config.json`. `config.nameOrPath` is `dir` unless
+ * `config.json` records `_name_or_path` (as PEFT records the folder a local model came from). A tied output layer
  * (`tie_word_embeddings`) shares the embedding's variable, so the model has it once.
  *
  * Weights come from `model.safetensors`, or from the shards that `model.safetensors.index.json` maps each
@@ -69,7 +70,8 @@ const IGNORED = [/(^|\.)h\.\d+\.attn\.(masked_)?bias$/, /(^|\.)rotary_emb\.inv_f
  * ```
  */
 export async function loadPretrained(dir: string): Promise<Pretrained> {
-  const config = parseConfig(await readJson(dir, "config.json"), `${dir}/config.json`);
+  const parsed = parseConfig(await readJson(dir, "config.json"), `${dir}/config.json`);
+  const config = { ...parsed, nameOrPath: parsed.nameOrPath ?? dir };
   const tensors = await readCheckpoint(dir);
   const tokenizer = await HFTokenizer.fromDir(dir);
   const model = buildModel(config);

@@ -67,4 +67,5 @@ export {
   TokenEmbedding,
 } from "./layers.ts";
 export { applyRotary, geluTanh, repeatHeads, rmsNorm, rotaryTables, siluGate } from "./ops.ts";
+export { saveAdapterForModel, type SaveAdapterOptions } from "./adapter.ts";
 export { type DecodeOptions, type EncodeOptions, HFTokenizer } from "./tokenizer.ts";
