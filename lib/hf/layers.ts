@@ -7,13 +7,23 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { checkDim, Linear } from "../layers.ts";
+import { checkDim, checkInput, Linear } from "../layers.ts";
 import { Module } from "../module.ts";
 import { matMul } from "../ops.ts";
 import { requiresGrad } from "../tfjs_internals.ts";
 import { Embedding, GELU, LayerNorm } from "../gpt/layers.ts";
 import { cachedAttention, causalAttention, causalMask, embeddingLookup, type LayerCache } from "../gpt/ops.ts";
-import { applyRotary, geluTanh, repeatHeads, rmsNorm, rotaryTables, siluGate } from "./ops.ts";
+import {
+  applyRotary,
+  frozenLinear,
+  gatherFrozen,
+  geluTanh,
+  projectTied,
+  repeatHeads,
+  rmsNorm,
+  rotaryTables,
+  siluGate,
+} from "./ops.ts";
 
 /** `tf.tidy` for a function that returns tensors inside plain objects. */
 export function tidy<T>(fn: () => T): T {
@@ -58,10 +68,40 @@ export class TokenEmbedding extends Embedding {
   /** The rows of the int32 `ids`: `[...ids.shape, dim]`. */
   override apply(ids: tf.Tensor): tf.Tensor {
     if (requiresGrad(this.weight)) return embeddingLookup(this.weight, ids);
-    if (ids.dtype !== "int32") throw new TypeError(`TokenEmbedding: ids must be int32; got ${ids.dtype}.`);
-    return tf.tidy(() =>
-      tf.reshape(tf.gather(this.weight, tf.reshape(ids, [-1])), [...ids.shape, this.weight.shape[1]])
-    );
+    return gatherFrozen(this.weight, ids);
+  }
+}
+
+/**
+ * This library's {@linkcode Linear} (same weight `[in, out]`, bias, `fanInFanOut`, and so the same LoRA
+ * targeting, wrapping and files), whose forward pass, while its weight and bias are frozen, goes through
+ * `frozenLinear`: the gradient for the input is computed from the variables themselves, where `Linear` keeps
+ * a copy of the weight for the backward pass (tfjs's wasm backend copies every tensor kept so). In a LoRA
+ * step on a checkpoint that copy is every frozen weight of the model, once per step. A trainable layer runs
+ * `Linear`'s own forward pass.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import assert from "node:assert/strict";
+ * import { Linear } from "../layers.ts";
+ * import { HFLinear } from "./layers.ts";
+ * const layer = new HFLinear(4, 3, { seed: 1 });
+ * assert.ok(layer instanceof Linear);
+ * const x = tf.ones([2, 4]);
+ * const trainable = layer.apply(x).dataSync();
+ * layer.weight.trainable = false;
+ * layer.bias!.trainable = false;
+ * assert.deepEqual(layer.apply(x).dataSync(), trainable);
+ * layer.dispose();
+ * ```
+ */
+export class HFLinear extends Linear {
+  /** `x·W + b` over the last axis of `x`. */
+  override apply<T extends tf.Tensor>(x: T): T {
+    if (requiresGrad(this.weight) || (this.bias !== null && requiresGrad(this.bias))) return super.apply(x);
+    checkInput(this, x, this.inFeatures);
+    return frozenLinear(x, this.weight, this.bias);
   }
 }
 
@@ -71,7 +111,8 @@ export class TokenEmbedding extends Embedding {
  * holds no parameter of its own, so `namedParameters` lists the table once, under the embedding's name.
  *
  * While the table is frozen its transpose `[dim, num]` is kept between calls (recomputed if the table is
- * assigned new values); that costs one more copy of the table in memory and saves a transpose per call.
+ * assigned new values); that costs one more copy of the table in memory and saves a transpose per call, and
+ * the gradient for `x` is `dy · E` (see `projectTied`), which needs no transpose either.
  *
  * @example
  * ```ts
@@ -107,7 +148,7 @@ export class TiedLMHead extends Module {
       this.cached?.transposed.dispose();
       this.cached = { dataId, transposed: tf.keep(tf.tidy(() => tf.transpose(weight) as tf.Tensor2D)) };
     }
-    return matMul(x, this.cached.transposed);
+    return projectTied(x, weight, this.cached.transposed);
   }
 
   /** Frees the cached transpose (the table belongs to the embedding). */
@@ -350,10 +391,10 @@ export class GroupedQueryAttention extends Module {
         `GroupedQueryAttention: numHeads ${numHeads} is not a multiple of numKeyValueHeads ${numKeyValueHeads}.`,
       );
     }
-    this.q_proj = new Linear(hiddenSize, numHeads * headDim, { bias: attentionBias, seed });
-    this.k_proj = new Linear(hiddenSize, numKeyValueHeads * headDim, { bias: attentionBias, seed: seed + 2 });
-    this.v_proj = new Linear(hiddenSize, numKeyValueHeads * headDim, { bias: attentionBias, seed: seed + 4 });
-    this.o_proj = new Linear(numHeads * headDim, hiddenSize, { bias: outputBias, seed: seed + 6 });
+    this.q_proj = new HFLinear(hiddenSize, numHeads * headDim, { bias: attentionBias, seed });
+    this.k_proj = new HFLinear(hiddenSize, numKeyValueHeads * headDim, { bias: attentionBias, seed: seed + 2 });
+    this.v_proj = new HFLinear(hiddenSize, numKeyValueHeads * headDim, { bias: attentionBias, seed: seed + 4 });
+    this.o_proj = new HFLinear(numHeads * headDim, hiddenSize, { bias: outputBias, seed: seed + 6 });
     this.rotary_emb = rotary;
     this.numHeads = numHeads;
     this.numKeyValueHeads = numKeyValueHeads;
@@ -406,7 +447,7 @@ export class GroupedQueryAttention extends Module {
  * import assert from "node:assert/strict";
  * import { SwiGLUMLP } from "./layers.ts";
  * const mlp = new SwiGLUMLP(16, 40, false, 1);
- * assert.equal(String(mlp.gate_proj), "Linear(in_features=16, out_features=40, bias=false)");
+ * assert.equal(String(mlp.gate_proj), "HFLinear(in_features=16, out_features=40, bias=false)");
  * assert.deepEqual(mlp.apply(tf.ones([2, 3, 16])).shape, [2, 3, 16]);
  * mlp.dispose();
  * ```
@@ -422,9 +463,9 @@ export class SwiGLUMLP extends Module {
   /** A perceptron from `hiddenSize` through `intermediateSize` and back, with or without biases. */
   constructor(hiddenSize: number, intermediateSize: number, bias: boolean, seed: number) {
     super();
-    this.gate_proj = new Linear(hiddenSize, intermediateSize, { bias, seed });
-    this.up_proj = new Linear(hiddenSize, intermediateSize, { bias, seed: seed + 2 });
-    this.down_proj = new Linear(intermediateSize, hiddenSize, { bias, seed: seed + 4 });
+    this.gate_proj = new HFLinear(hiddenSize, intermediateSize, { bias, seed });
+    this.up_proj = new HFLinear(hiddenSize, intermediateSize, { bias, seed: seed + 2 });
+    this.down_proj = new HFLinear(intermediateSize, hiddenSize, { bias, seed: seed + 4 });
   }
 
   /** `down_proj(silu(gate_proj(x)) · up_proj(x))`. */

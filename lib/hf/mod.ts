@@ -6,7 +6,7 @@
  * - {@link ./config.ts}: `parseConfig`, the `config.json` fields read;
  * - {@link ./models.ts}: `GPT2LMHeadModel`, `LlamaForCausalLM`, `Qwen2ForCausalLM` and their blocks;
  * - {@link ./layers.ts}: `RMSNorm`, `RotaryEmbedding`, `GroupedQueryAttention`, `SwiGLUMLP`, `NewGELU`,
- *   `TokenEmbedding`, `TiedLMHead`; {@link ./ops.ts}: their operations, with hand-written gradients;
+ *   `TokenEmbedding`, `TiedLMHead`, `HFLinear`; {@link ./ops.ts}: their operations, with hand-written gradients;
  * - {@link ./tokenizer.ts}: `HFTokenizer`;
  * - {@link ./adapter.ts}: `saveAdapterForModel`, PEFT's adapter files with the base model's name.
  *
@@ -57,6 +57,7 @@ export {
   activation,
   type AttentionShape,
   GroupedQueryAttention,
+  HFLinear,
   NewGELU,
   newLayerNorm,
   type Positions,
@@ -66,6 +67,16 @@ export {
   TiedLMHead,
   TokenEmbedding,
 } from "./layers.ts";
-export { applyRotary, geluTanh, repeatHeads, rmsNorm, rotaryTables, siluGate } from "./ops.ts";
+export {
+  applyRotary,
+  frozenLinear,
+  gatherFrozen,
+  geluTanh,
+  projectTied,
+  repeatHeads,
+  rmsNorm,
+  rotaryTables,
+  siluGate,
+} from "./ops.ts";
 export { saveAdapterForModel, type SaveAdapterOptions } from "./adapter.ts";
 export { type DecodeOptions, type EncodeOptions, HFTokenizer } from "./tokenizer.ts";

@@ -12,7 +12,6 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { Linear } from "../layers.ts";
 import { Module } from "../module.ts";
 import type { LayerNorm } from "../gpt/layers.ts";
 import { disposeCache, type KVCache } from "../gpt/model.ts";
@@ -21,6 +20,7 @@ import type { PretrainedConfig } from "./config.ts";
 import {
   activation,
   GroupedQueryAttention,
+  HFLinear,
   newLayerNorm,
   type Positions,
   RMSNorm,
@@ -63,7 +63,7 @@ export abstract class PretrainedCausalLM extends Module {
     this.config = config;
     this.lm_head = config.tieWordEmbeddings
       ? new TiedLMHead(embedding)
-      : new Linear(config.hiddenSize, config.vocabSize, { bias: false, seed: seed + 7 });
+      : new HFLinear(config.hiddenSize, config.vocabSize, { bias: false, seed: seed + 7 });
   }
 
   /** The token embedding. */
@@ -158,7 +158,7 @@ export abstract class PretrainedCausalLM extends Module {
  * import assert from "node:assert/strict";
  * import { GPT2Attention } from "./models.ts";
  * const attn = new GPT2Attention(32, 4, 1);
- * assert.equal(String(attn.c_attn), "Linear(in_features=32, out_features=96, bias=true)");
+ * assert.equal(String(attn.c_attn), "HFLinear(in_features=32, out_features=96, bias=true)");
  * assert.deepEqual(attn.apply(tf.randomNormal([2, 5, 32])).shape, [2, 5, 32]);
  * attn.dispose();
  * ```
@@ -174,8 +174,8 @@ export class GPT2Attention extends Module {
   /** The attention of a `hiddenSize`-wide block with `numHeads` heads. */
   constructor(hiddenSize: number, numHeads: number, seed: number) {
     super();
-    this.c_attn = new Linear(hiddenSize, 3 * hiddenSize, { seed, fanInFanOut: true });
-    this.c_proj = new Linear(hiddenSize, hiddenSize, { seed: seed + 2, fanInFanOut: true });
+    this.c_attn = new HFLinear(hiddenSize, 3 * hiddenSize, { seed, fanInFanOut: true });
+    this.c_proj = new HFLinear(hiddenSize, hiddenSize, { seed: seed + 2, fanInFanOut: true });
     this.numHeads = numHeads;
   }
 
@@ -228,9 +228,9 @@ export class GPT2MLP extends Module {
   /** A perceptron from `hiddenSize` through `innerSize` with the activation `activationName`. */
   constructor(hiddenSize: number, innerSize: number, activationName: string, seed: number) {
     super();
-    this.c_fc = new Linear(hiddenSize, innerSize, { seed, fanInFanOut: true });
+    this.c_fc = new HFLinear(hiddenSize, innerSize, { seed, fanInFanOut: true });
     this.act = activation(activationName);
-    this.c_proj = new Linear(innerSize, hiddenSize, { seed: seed + 2, fanInFanOut: true });
+    this.c_proj = new HFLinear(innerSize, hiddenSize, { seed: seed + 2, fanInFanOut: true });
   }
 
   /** `c_proj(act(c_fc(x)))`. */

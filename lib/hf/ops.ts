@@ -269,3 +269,113 @@ export function repeatHeads<T extends tf.Tensor>(x: T, kvHeads: number, groups: 
     backward: (dy) => [tf.reshape(tf.sum(tf.reshape(dy, [rows, groups, size]), 1), x.shape)],
   }));
 }
+
+/**
+ * `x · tableᵀ` over the last axis of `x`, for an output layer tied to an embedding `table` `[num, dim]`, given
+ * that transpose `transposed` `[dim, num]` too: the forward product reads `transposed` as it lies and the
+ * gradient `dx = dy · table` reads `table` as it lies, so neither pass transposes the table (for GPT-2's
+ * 50,257 × 768 table a transpose per step is a 154 MB copy). Only `x` gets a gradient; a table that is being
+ * trained takes `matMul` with `tf.transpose` instead (see `TiedLMHead`).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import assert from "node:assert/strict";
+ * import { projectTied } from "./ops.ts";
+ * const table = tf.tensor2d([[1, 0], [0, 1], [1, 1]]); // 3 tokens of width 2
+ * const logits = projectTied(tf.tensor2d([[2, 3]]), table, tf.transpose(table) as tf.Tensor2D);
+ * assert.deepEqual(Array.from(logits.dataSync()), [2, 3, 5]);
+ * ```
+ */
+export function projectTied<T extends tf.Tensor>(x: T, table: tf.Tensor2D, transposed: tf.Tensor2D): T {
+  const [num, dim] = table.shape;
+  if (x.shape[x.rank - 1] !== dim || !tf.util.arraysEqual(transposed.shape, [dim, num])) {
+    throw new RangeError(
+      `projectTied: expected x [..., ${dim}], table [${num}, ${dim}] and its transpose; got [${x.shape}], ` +
+        `[${table.shape}] and [${transposed.shape}].`,
+    );
+  }
+  const outShape = [...x.shape.slice(0, -1), num];
+  return customOp<T>([x], ([x]) => ({
+    value: tf.reshape(tf.matMul(tf.reshape(x, [-1, dim]), transposed), outShape) as T,
+    backward: (dy) => [tf.reshape(tf.matMul(tf.reshape(dy, [-1, num]), table), x.shape)],
+  }));
+}
+
+/**
+ * Runs `compute(...inputs)` as a single node of the gradient tape, whose input gradients `backward` gives from
+ * the output's. The kernels inside are not recorded, so none of them keeps a copy of its inputs for a backward
+ * pass (on the wasm backend every tensor tfjs keeps for one is copied, weights included). `backward` may read
+ * only `dy` and tensors that outlive the step, such as variables: the inputs are not kept.
+ */
+function untaped<T extends tf.Tensor>(
+  inputs: tf.Tensor[],
+  compute: (...inputs: tf.Tensor[]) => T,
+  backward: (dy: T) => tf.Tensor[],
+): T {
+  const op = tf.customGrad(
+    ((...args: unknown[]) => {
+      args.pop(); // the save function, unused: nothing is kept
+      return { value: compute(...(args as tf.Tensor[])), gradFunc: (dy: T) => backward(dy) };
+    }) as unknown as Parameters<typeof tf.customGrad>[0],
+  );
+  return (op as unknown as (...x: tf.Tensor[]) => T)(...inputs);
+}
+
+/**
+ * `x · weight + bias` over the last axis of `x` for a frozen `weight` `[in, out]` (and frozen `bias`), with the
+ * gradient for `x` alone, `dy · weightᵀ`. Nothing is kept for the backward pass but the variables themselves:
+ * the general product (`matMul` in `../ops.ts`) keeps its constant operand, which tfjs copies on the wasm
+ * backend, so a LoRA step on a frozen model would copy every frozen weight once per step.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import assert from "node:assert/strict";
+ * import { frozenLinear } from "./ops.ts";
+ * const w = tf.variable(tf.tensor2d([[1, 2], [3, 4]]), false) as tf.Variable<tf.Rank.R2>;
+ * const x = tf.tensor2d([[1, 1]]);
+ * assert.deepEqual(Array.from(frozenLinear(x, w, null).dataSync()), [4, 6]);
+ * const dx = tf.grad((x: tf.Tensor) => tf.sum(frozenLinear(x, w, null)))(x);
+ * assert.deepEqual(Array.from(dx.dataSync()), [3, 7]); // rows of W summed
+ * ```
+ */
+export function frozenLinear<T extends tf.Tensor>(x: T, weight: tf.Tensor2D, bias: tf.Tensor1D | null): T {
+  const [inFeatures, outFeatures] = weight.shape;
+  if (x.shape[x.rank - 1] !== inFeatures) {
+    throw new RangeError(`frozenLinear: expected x [..., ${inFeatures}]; got [${x.shape}].`);
+  }
+  const outShape = [...x.shape.slice(0, -1), outFeatures];
+  return untaped<T>(
+    [x],
+    (x) =>
+      tf.tidy(() => {
+        const y = tf.matMul(tf.reshape(x, [-1, inFeatures]), weight);
+        return tf.reshape(bias === null ? y : tf.add(y, bias), outShape) as T;
+      }),
+    (dy) => [tf.tidy(() => tf.reshape(tf.matMul(tf.reshape(dy, [-1, outFeatures]), tf.transpose(weight)), x.shape))],
+  );
+}
+
+/**
+ * The rows of a frozen `table` `[num, dim]` for int32 `ids` (any shape), `[...ids.shape, dim]`, by `tf.gather`,
+ * outside the gradient tape (the tape would keep, and on wasm copy, the whole table).
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import assert from "node:assert/strict";
+ * import { gatherFrozen } from "./ops.ts";
+ * const rows = gatherFrozen(tf.tensor2d([[0, 0], [1, 1], [2, 2]]), tf.tensor1d([2, 0], "int32"));
+ * assert.deepEqual(Array.from(rows.dataSync()), [2, 2, 0, 0]);
+ * ```
+ */
+export function gatherFrozen(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
+  if (ids.dtype !== "int32") throw new TypeError(`gatherFrozen: ids must be int32; got ${ids.dtype}.`);
+  const dim = table.shape[1], shape = ids.shape;
+  return untaped(
+    [ids],
+    (ids) => tf.tidy(() => tf.reshape(tf.gather(table, tf.reshape(ids, [-1])), [...shape, dim])),
+    () => [tf.zeros(shape, "int32")], // ids are data: nothing upstream of them is trained
+  );
+}
