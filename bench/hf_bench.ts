@@ -6,6 +6,7 @@
  *
  * ```sh
  * deno run --allow-read --allow-env --allow-sys=loadavg bench/hf_bench.ts [--model smollm2|gpt2|both] [--steps N]
+ *   [--forward-tokens N] [--checkpointing]
  * ```
  *
  * The configurations are typed in from the two models' `config.json` on the Hugging Face hub; nothing is
@@ -99,7 +100,13 @@ async function timeForward(model: ReturnType<typeof buildModel>, batch: number, 
   return { seconds, tokensPerSecond: batch * time / seconds };
 }
 
-async function bench(key: keyof typeof MODELS, steps: number, forwardTime: number, trainTime: number) {
+async function bench(
+  key: keyof typeof MODELS,
+  steps: number,
+  forwardTime: number,
+  trainTime: number,
+  checkpointing: boolean,
+) {
   const { name, config: json, targets } = MODELS[key];
   const config = parseConfig(json, name);
   let start = performance.now();
@@ -112,6 +119,7 @@ async function bench(key: keyof typeof MODELS, steps: number, forwardTime: numbe
   );
   try {
     addLoRA(model, { rank: 8, alpha: 16, targetModules: targets, scaling: "paper", seed: 1 });
+    model.gradientCheckpointing = checkpointing;
     const variables = trainableVariables(model);
     const trainable = variables.reduce((n, v) => n + v.size, 0);
     const optimizer = adam(1e-4);
@@ -139,7 +147,10 @@ async function bench(key: keyof typeof MODELS, steps: number, forwardTime: numbe
     rss();
     const { safetensors } = await adapterToFiles(model);
     console.log(
-      `  LoRA r=8 on ${targets.join(", ")} (${trainable} trainable), batch 1 × ${trainTime} tokens: ` +
+      `  LoRA r=8 on ${targets.join(", ")} (${trainable} trainable)${
+        checkpointing ? ", gradient checkpointing" : ""
+      }, ` +
+        `batch 1 × ${trainTime} tokens: ` +
         `${seconds.toFixed(2)} s/step, ${(trainTime / seconds).toFixed(0)} tokens/s`,
     );
     console.log(
@@ -174,5 +185,6 @@ if (import.meta.main) {
   }
   const load = Deno.loadavg().map((l) => l.toFixed(2)).join(" ");
   console.log(`backend ${backend}, load average ${load}, ${steps} timed training steps after one warm-up`);
-  for (const key of keys) await bench(key, steps, forwardTime, 256);
+  const checkpointing = Deno.args.includes("--checkpointing");
+  for (const key of keys) await bench(key, steps, forwardTime, 256, checkpointing);
 }

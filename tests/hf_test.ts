@@ -11,6 +11,8 @@ import {
   loadAdapter,
   loraLayers,
   saveAdapter,
+  sequenceCrossEntropy,
+  trainableVariables,
 } from "../lib/mod.ts";
 import {
   applyRotary,
@@ -420,6 +422,40 @@ for (const [name, targets] of [["tiny-qwen2", ["q_proj", "v_proj"]], ["tiny-gpt2
       served.dispose();
       await Deno.remove(dir, { recursive: true });
     }
+  });
+}
+
+for (const name of ["tiny-gpt2", "tiny-llama"]) {
+  Deno.test(`${name}: gradient checkpointing gives the same LoRA gradients, and keeps nothing`, async () => {
+    const { model } = await loadPretrained(`${HF}/${name}`);
+    addLoRA(model, { rank: 4, alpha: 8, targetModules: "all-linear", seed: 2 });
+    randomize(model, "default", 5);
+    const ids = (await reference(name)).input_ids;
+    const tokens = tf.tensor2d(ids.map((row) => row.slice(0, -1)), undefined, "int32");
+    const targets = tf.tensor2d(ids.map((row) => row.slice(1)), undefined, "int32");
+    const variables = trainableVariables(model);
+    const gradients = (checkpointing: boolean) => {
+      model.gradientCheckpointing = checkpointing;
+      const { value, grads } = tf.variableGrads(
+        () => sequenceCrossEntropy(model.apply(tokens), targets),
+        variables,
+      );
+      const out = { loss: value.dataSync()[0], grads: variables.map((v) => grads[v.name].dataSync()) };
+      tf.dispose([value, ...Object.values(grads)]);
+      return out;
+    };
+    const plain = gradients(false);
+    const before = tf.memory().numTensors;
+    const checkpointed = gradients(true);
+    assertEquals(tf.memory().numTensors, before);
+    assertEquals(checkpointed.loss, plain.loss);
+    plain.grads.forEach((g, i) => {
+      const diff = maxAbsDiff(g, checkpointed.grads[i]);
+      assert.ok(diff < 1e-6, `${variables[i].name}: ${diff}`);
+    });
+    assert.ok(plain.grads.some((g) => g.some((x) => x !== 0)));
+    tf.dispose([tokens, targets]);
+    model.dispose();
   });
 }
 

@@ -13,6 +13,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Module } from "../module.ts";
+import { requiresGrad } from "../tfjs_internals.ts";
 import type { LayerNorm } from "../gpt/layers.ts";
 import { disposeCache, type KVCache } from "../gpt/model.ts";
 import { cachedAttention, causalAttention, causalMask, type LayerCache } from "../gpt/ops.ts";
@@ -54,6 +55,12 @@ export abstract class PretrainedCausalLM extends Module {
   readonly config: PretrainedConfig;
   /** Has no effect (no dropout); kept for `CausalLM`, whose `generate` turns it off while sampling. */
   training = false;
+  /**
+   * Recompute each block's activations during the backward pass instead of keeping them (transformers'
+   * `gradient_checkpointing_enable()`): a training step then holds one block's intermediate tensors at a time
+   * plus each block's input, for about one more forward pass of compute. Default `false`.
+   */
+  gradientCheckpointing = false;
   /** The output layer: a `Linear` without bias, or a {@linkcode TiedLMHead} on the token embedding. */
   lm_head: Module;
 
@@ -86,7 +93,9 @@ export abstract class PretrainedCausalLM extends Module {
     return tf.tidy(() => {
       const positions = { start: 0, mask: causalMask(time) };
       let x = this.embed(tokens, 0);
-      for (const block of this.blocks()) x = block.forward(x, positions);
+      for (const block of this.blocks()) {
+        x = this.gradientCheckpointing ? checkpointed(block, x) : block.forward(x, positions);
+      }
       return this.lm_head.apply(this.finalNorm().apply(x)) as tf.Tensor3D;
     });
   }
@@ -144,6 +153,60 @@ export abstract class PretrainedCausalLM extends Module {
     }
     return time;
   }
+}
+
+/**
+ * `block` on `x` (positions from 0) with gradient checkpointing: one node of the gradient tape whose inputs are
+ * `x` (when it needs a gradient) and the block's trainable variables. Only `x` is kept; the backward pass runs
+ * the block again under its own gradient computation and returns the gradients for `x` and the variables,
+ * freeing everything else of that block before the next one. Outside a gradient computation, or for a block
+ * with nothing to differentiate, it is `block.forward`.
+ */
+function checkpointed(block: Block, x: tf.Tensor): tf.Tensor {
+  const time = x.shape[1] as number;
+  const variables = block.namedParameters().map((p) => p.variable).filter((v) => v.trainable);
+  const needsX = requiresGrad(x);
+  if (!isRecording() || (!needsX && variables.length === 0)) {
+    return block.forward(x, { start: 0, mask: causalMask(time) });
+  }
+  const op = tf.customGrad(
+    ((...args: unknown[]) => {
+      const save = args.pop() as (tensors: tf.Tensor[]) => void;
+      const input = needsX ? args[0] as tf.Tensor : x;
+      save([input]);
+      const value = tf.tidy(() => block.forward(input, { start: 0, mask: causalMask(time) }));
+      return {
+        value,
+        gradFunc: (dy: tf.Tensor, [saved]: tf.Tensor[]) =>
+          tf.tidy(() => {
+            const start = tf.variable(saved, true);
+            // The nested gradient computation replaces the engine's tape and clears it when done; the outer
+            // one, still running, needs its own tape back afterwards (tfjs keeps one tape per engine).
+            const state = tf.engine().state as unknown as { activeTape: unknown };
+            const outer = state.activeTape;
+            try {
+              const wrt = needsX ? [start, ...variables] : variables;
+              const { grads } = tf.variableGrads(
+                () => tf.sum(tf.mul(block.forward(start, { start: 0, mask: causalMask(time) }), dy)) as tf.Scalar,
+                wrt,
+              );
+              return wrt.map((v) => grads[v.name]);
+            } finally {
+              state.activeTape = outer;
+              start.dispose();
+            }
+          }),
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0],
+  );
+  const inputs = needsX ? [x, ...variables] : variables;
+  return (op as unknown as (...t: tf.Tensor[]) => tf.Tensor)(...inputs);
+}
+
+/** Whether a gradient tape is recording (inside `tf.grads`, `variableGrads` or `optimizer.minimize`). */
+function isRecording(): boolean {
+  const state = tf.engine().state as unknown as { gradientDepth?: number };
+  return (state.gradientDepth ?? 0) > 0;
 }
 
 /**

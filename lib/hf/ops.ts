@@ -36,10 +36,13 @@ function customOp<T extends tf.Tensor>(
       const { value, backward } = forward(all, needs, save);
       return {
         value,
-        gradFunc: (dy: T, saved: tf.Tensor[]) => {
-          const grads = backward(dy, saved);
-          return active.map((k) => grads[k]!);
-        },
+        // tfjs runs a custom gradient outside the per-node scope its own gradients get, so without this
+        // tidy every temporary of every backward pass would live until the whole backward pass ends.
+        gradFunc: (dy: T, saved: tf.Tensor[]) =>
+          tf.tidy(() => {
+            const grads = backward(dy, saved);
+            return active.map((k) => grads[k]!);
+          }),
       };
     }) as unknown as Parameters<typeof tf.customGrad>[0],
   );
@@ -316,7 +319,7 @@ function untaped<T extends tf.Tensor>(
   const op = tf.customGrad(
     ((...args: unknown[]) => {
       args.pop(); // the save function, unused: nothing is kept
-      return { value: compute(...(args as tf.Tensor[])), gradFunc: (dy: T) => backward(dy) };
+      return { value: compute(...(args as tf.Tensor[])), gradFunc: (dy: T) => tf.tidy(() => backward(dy)) };
     }) as unknown as Parameters<typeof tf.customGrad>[0],
   );
   return (op as unknown as (...x: tf.Tensor[]) => T)(...inputs);
