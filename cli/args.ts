@@ -48,7 +48,7 @@ export function parseOptions(
     if (positionals.length > 0) {
       throw new UsageError(`${command}: unexpected argument "${positionals[0]}"; options are written --name value.`);
     }
-    return values as Record<string, string | boolean | undefined>;
+    return { ...values } as Record<string, string | boolean | undefined>;
   } catch (error) {
     if (error instanceof UsageError) throw error;
     throw new UsageError(`${command}: ${(error as Error).message.replace(/\.$/, "")}. See --help.`);
