@@ -37,8 +37,9 @@ await initBackend();
 
 const HF = `${FIXTURES}/hf`;
 const NAMES = ["tiny-gpt2", "tiny-llama", "tiny-qwen2"] as const;
-/** Scratch folders for broken checkpoints and written adapters. */
-const SCRATCH = "data/hf-test";
+/** Scratch folders for broken checkpoints and written adapters, removed when the tests end. */
+const SCRATCH = await Deno.makeTempDir({ dir: "data", prefix: "hf-test-" });
+globalThis.addEventListener("unload", () => Deno.removeSync(SCRATCH, { recursive: true }));
 
 interface Reference {
   input_ids: number[][];
