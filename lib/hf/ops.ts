@@ -93,7 +93,7 @@ const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 /**
  * GELU's tanh approximation, `0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))`: GPT-2's `gelu_new` (and
  * PyTorch's `gelu(approximate="tanh")`, transformers' `gelu_pytorch_tanh`). It differs from the exact GELU of
- * `../gpt/ops.ts` by up to about 5·10⁻⁴ (notebook 12 measures it), enough to matter when matching a checkpoint's
+ * `../gpt/ops.ts` by up to about 5·10⁻⁴ (notebook 13 measures it), enough to matter when matching a checkpoint's
  * logits. The derivative, `0.5 · (1 + t) + 0.5 · x · (1 − t²) · √(2/π) · (1 + 3 · 0.044715 · x²)`, is computed in the
  * forward pass and kept alone, only when a gradient is needed.
  *
