@@ -32,6 +32,7 @@
  *
  * @module
  */
+export { HFTokenizer, loadPretrained, type Pretrained, type PretrainedConfig } from "./hf/mod.ts";
 export { BACKEND_NAMES, type BackendName, initBackend } from "./backend.ts";
 export {
   countParameters,
