@@ -89,8 +89,7 @@ export async function adapterToFiles(model: Module, adapterName = "default"): Pr
  * Everything is checked before the model is touched, and any problem throws an error that names it, with
  * the model left exactly as it was: a malformed safetensors file (see `decodeSafetensors`), a config that
  * is not a PEFT config of a kind this library reads (`"LORA"`, with or without `use_dora`, and `"VERA"`) or
- * asks for what it does not do (starts such as `"olora"` or `"loftq"` that change the base weight,
- * `fan_in_fan_out` on layers that do not store their weight `[in, out]`), keys that are missing, unexpected or name no linear
+ * asks for what it does not do (starts such as `"olora"` or `"loftq"` that change the base weight), keys that are missing, unexpected or name no linear
  * layer, `target_modules` or `r` that disagree with the tensors, shapes that do not fit the layers, or a
  * name already in use, or values that are not finite (see `decodeSafetensors`). F16 and BF16 tensors become
  * float32. Without this library's metadata (a file PEFT

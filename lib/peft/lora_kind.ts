@@ -189,7 +189,7 @@ export async function saveFactors(
 
 /**
  * Checks each target's A and B against the config and the layer (present, shapes `[r, in]` and `[out, r]`, r
- * within the layer, `fan_in_fan_out` as the layer stores its weight, PiSSA only as a first adapter) and returns
+ * within the layer, PiSSA only as a first adapter) and returns
  * each module's rank, alpha and convention.
  */
 export function checkFactors(
@@ -226,12 +226,8 @@ export function checkFactors(
     if (r > Math.min(base.inFeatures, base.outFeatures)) {
       throw new RangeError(`loadAdapter: r = ${r} exceeds min(in, out) of the ${module} layer.`);
     }
-    if (config.fan_in_fan_out !== base.fanInFanOut) {
-      throw new Error(
-        `loadAdapter: the config sets fan_in_fan_out ${config.fan_in_fan_out}, but ${module} stores its weight ` +
-          `${base.fanInFanOut ? "[in, out] (fan_in_fan_out true)" : "[out, in] (fan_in_fan_out false)"}.`,
-      );
-    }
+    // fan_in_fan_out is not checked against the layer: PEFT 0.21.0 itself overrides it by the layer's type (a
+    // warning, then true for a Conv1D and false for a Linear), and A and B are stored the same way either way.
     const layer = layerSettings(config, source.metadata, module);
     if (config.init_lora_weights === "pissa" && loraScaling(layer.alpha, layer.rank, layer.convention) === 0) {
       throw new RangeError(

@@ -340,7 +340,6 @@ export const veraKind: AdapterKind<VeRALayer> = {
         `loadAdapter: base_model.vera_B must be [≥ ${maxOut}, r = ${r}] for the selected layers; it is [${B.shape}].`,
       );
     }
-    const fanInFanOut = config.fan_in_fan_out === true;
     for (const { module, base } of targets) {
       const tensors = source.layers.get(module) ?? new Map<string, StoredTensor>();
       for (const [key, size] of [["vera_lambda_b", base.outFeatures], ["vera_lambda_d", r]] as const) {
@@ -356,12 +355,6 @@ export const veraKind: AdapterKind<VeRALayer> = {
             `loadAdapter: ${module}'s ${key} must have shape [${size}]; the file has [${tensor.shape}].`,
           );
         }
-      }
-      if (base.fanInFanOut !== fanInFanOut) {
-        throw new Error(
-          `loadAdapter: the config sets fan_in_fan_out ${fanInFanOut}, but ${module} stores its weight ` +
-            `${base.fanInFanOut ? "[in, out]" : "[out, in]"}.`,
-        );
       }
     }
     const projections = tf.tidy(() => ({
