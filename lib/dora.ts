@@ -21,7 +21,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { checkInput, type Linear } from "./layers.ts";
+import { type BaseLayer, checkInput, isBaseLayer, type Linear } from "./layers.ts";
 import { LoRALayer, type LoRAOptions, pissaInit, requireLinear } from "./lora.ts";
 import { Module } from "./module.ts";
 import { matMul } from "./ops.ts";
@@ -85,7 +85,8 @@ export class DoRALayer extends LoRALayer {
 
   /** A DoRA adapter of the given rank and alpha for `linear` (a {@linkcode Linear}), with `m = ‖W + s·A·B‖`. */
   constructor(linear: Module, rank: number, alpha: number, options: DoRAOptions = {}) {
-    const base = requireLinear("DoRALayer", linear);
+    if (!isBaseLayer(linear)) requireLinear("DoRALayer", linear); // throws, naming what it got
+    const base = linear as BaseLayer;
     const normAxis = options.normAxis ?? "output";
     if (normAxis !== "output" && normAxis !== "input") {
       throw new RangeError(`DoRA normAxis must be "output" or "input"; got "${normAxis}".`);
@@ -96,7 +97,8 @@ export class DoRALayer extends LoRALayer {
     this.detachNorm = options.detachNorm ?? true;
     try {
       // B is zero here, so this is ‖W‖; a zero unit stays zero under PiSSA too.
-      const zero = tf.tidy(() => this.weightNorm(base.weight).arraySync()).flatMap((n, i) => (n === 0 ? [i] : []));
+      const zero = tf.tidy(() => this.weightNorm(base.denseWeight()).arraySync())
+        .flatMap((n, i) => (n === 0 ? [i] : []));
       if (zero.length > 0) {
         throw new RangeError(
           `DoRA: ${normAxis} unit(s) ${zero.slice(0, 5).join(", ")}${zero.length > 5 ? ", …" : ""} of this ` +
@@ -104,7 +106,7 @@ export class DoRALayer extends LoRALayer {
         );
       }
       if (pissa) pissaInit(base, this);
-      this.m = tf.tidy(() => tf.variable(this.weightNorm(base.weight)));
+      this.m = tf.tidy(() => tf.variable(this.weightNorm(base.denseWeight())));
     } catch (error) {
       super.dispose();
       throw error;
@@ -150,16 +152,17 @@ export class DoRALayer extends LoRALayer {
    * factor `c = m / ‖W + s·A·B‖`, it is `c ⊙ (x·W + s·x·A·B) + b` for a norm per output unit, and
    * `(x ⊙ c)·W + s·(x ⊙ c)·A·B + b` per input unit.
    */
-  applyWithBase<T extends tf.Tensor>(linear: Linear, x: T): T {
+  applyWithBase<T extends tf.Tensor>(linear: BaseLayer, x: T): T {
     checkInput(linear, x, linear.inFeatures);
     return tf.tidy(() => {
-      const c = this.factor(linear.weight);
+      const weight = linear.denseWeight(); // the variable itself for a Linear
+      const c = this.factor(weight);
       let y: tf.Tensor;
       if (this.normAxis === "output") {
-        y = tf.mul(tf.add(matMul(x, linear.weight), this.apply(x)), c);
+        y = tf.mul(tf.add(matMul(x, weight), this.apply(x)), c);
       } else {
         const xc = tf.mul(x, c);
-        y = tf.add(matMul(xc, linear.weight), this.apply(xc));
+        y = tf.add(matMul(xc, weight), this.apply(xc));
       }
       return (linear.bias === null ? y : tf.add(y, linear.bias)) as T;
     });

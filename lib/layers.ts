@@ -27,6 +27,63 @@ export interface LinearOptions {
 }
 
 /**
+ * What an adapter needs of the linear layer under it: its widths, its output, its bias, and its weight to read
+ * and to replace. {@linkcode Linear} is one (its weight is a `tf.Variable`); `QuantizedLinear` (in `quant.ts`) is
+ * the other, a frozen layer whose weight is stored in 4 or 8 bits: reading dequantizes, replacing re-quantizes.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isBaseLayer, Linear, ReLU } from "./layers.ts";
+ * const linear = new Linear(4, 3);
+ * assert.deepEqual([isBaseLayer(linear), isBaseLayer(new ReLU())], [true, false]);
+ * assert.equal(linear.lossyWrites, false);
+ * linear.dispose();
+ * ```
+ */
+export interface BaseLayer extends Module {
+  /** Input width. */
+  readonly inFeatures: number;
+  /** Output width. */
+  readonly outFeatures: number;
+  /** Bias `[outFeatures]`, or `null`. */
+  readonly bias: tf.Tensor1D | null;
+  /** Whether the checkpoint stores the weight `[in, out]` (see {@linkcode LinearOptions.fanInFanOut}). */
+  readonly fanInFanOut: boolean;
+  /** The float32 weight variable; a quantized layer has none and throws, pointing to `denseWeight`. */
+  readonly weight: tf.Variable<tf.Rank.R2>;
+  /** Whether {@linkcode BaseLayer.writeWeight} rounds what it is given (a quantized layer), so it cannot be undone exactly. */
+  readonly lossyWrites: boolean;
+  /** `x·W + b` over the last axis. */
+  apply<T extends tf.Tensor>(x: T): T;
+  /**
+   * The weight `[in, out]` the layer computes with: `Linear`'s variable itself, or a quantized layer's dequantized
+   * copy. Call it inside `tf.tidy`, which frees the copy and never the variable.
+   */
+  denseWeight(): tf.Tensor2D;
+  /** Replaces the weight by `weight` `[in, out]`: `Linear` assigns it; a quantized layer re-quantizes it. */
+  writeWeight(weight: tf.Tensor2D): void;
+}
+
+/**
+ * Whether `module` is a {@linkcode BaseLayer}: a layer adapters can be put on.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { isBaseLayer, Linear } from "./layers.ts";
+ * const linear = new Linear(2, 2);
+ * assert.ok(isBaseLayer(linear));
+ * linear.dispose();
+ * ```
+ */
+export function isBaseLayer(module: unknown): module is BaseLayer {
+  const m = module as Partial<BaseLayer> | null;
+  return m instanceof Module && typeof m.denseWeight === "function" && typeof m.writeWeight === "function" &&
+    Number.isInteger(m.inFeatures) && Number.isInteger(m.outFeatures);
+}
+
+/**
  * A fully connected layer `y = x·W + b`, initialised as PyTorch's `nn.Linear`: W and b uniform in
  * `±1/sqrt(inFeatures)`.
  *
@@ -43,7 +100,7 @@ export interface LinearOptions {
  * layer.dispose();
  * ```
  */
-export class Linear extends Module {
+export class Linear extends Module implements BaseLayer {
   /** Input width. */
   readonly inFeatures: number;
   /** Output width. */
@@ -81,6 +138,21 @@ export class Linear extends Module {
       const y = matMul(x, this.weight);
       return this.bias === null ? y : tf.add(y, this.bias);
     });
+  }
+
+  /** `false`: assigning a float32 weight is exact. */
+  get lossyWrites(): boolean {
+    return false;
+  }
+
+  /** The weight variable itself (see {@linkcode BaseLayer.denseWeight}). */
+  denseWeight(): tf.Tensor2D {
+    return this.weight;
+  }
+
+  /** Assigns `weight` to the weight variable. */
+  writeWeight(weight: tf.Tensor2D): void {
+    this.weight.assign(weight);
   }
 
   /** Widths and bias, as PyTorch prints them. */

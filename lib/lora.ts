@@ -9,7 +9,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { checkDim, Linear, nextSeed } from "./layers.ts";
+import { type BaseLayer, checkDim, isBaseLayer, Linear, nextSeed } from "./layers.ts";
 import { svd, toMatrix } from "./linalg.ts";
 import { Module } from "./module.ts";
 import { matMul } from "./ops.ts";
@@ -274,15 +274,16 @@ export class LinearWithLoRAMerged extends Module {
  * ```
  */
 export function createLoRALayer(linear: Module, rank: number, alpha: number, options: LoRAOptions = {}): LoRALayer {
-  const base = requireLinear("createLoRALayer", linear);
   const pissa = options.init === "pissa";
+  if (!isBaseLayer(linear) || pissa) requireLinear("createLoRALayer", linear); // PiSSA rewrites a float32 weight
+  const base = linear as BaseLayer;
   const lora = new LoRALayer(base.inFeatures, base.outFeatures, rank, alpha, {
     ...options,
     init: pissa ? "tutorial" : options.init, // a placeholder that pissaInit overwrites
   });
   if (pissa) {
     try {
-      pissaInit(base, lora);
+      pissaInit(linear, lora);
     } catch (error) {
       lora.dispose();
       throw error;

@@ -21,7 +21,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { checkInput, Linear } from "./layers.ts";
+import { type BaseLayer, checkInput, Linear } from "./layers.ts";
 import { getModule, Module, setModule } from "./module.ts";
 import { matMul } from "./ops.ts";
 import { findTargets, type TargetModules } from "./peft/targets.ts";
@@ -572,13 +572,16 @@ export type QuantizedWeight = { bits: 4; nf4: NF4Tensor } | { bits: 8; int8: Int
  * linear.dispose();
  * ```
  */
-export class QuantizedLinear extends Module {
+export class QuantizedLinear extends Module implements BaseLayer {
   /** Input width. */
   readonly inFeatures: number;
   /** Output width. */
   readonly outFeatures: number;
-  /** The quantized weight: 4 (NF4) or 8 (int8 per row) bits, with its packed values and scales. */
-  readonly quantized: QuantizedWeight;
+  /**
+   * The quantized weight: 4 (NF4) or 8 (int8 per row) bits, with its packed values and scales. Replaced whole
+   * (never changed in place) by {@linkcode QuantizedLinear.writeWeight}.
+   */
+  quantized: QuantizedWeight;
   /** Bias `[outFeatures]` in float32, a plain tensor (never trained), or `null`. */
   readonly bias: tf.Tensor1D | null;
   /** Whether the source checkpoint stored the weight `[in, out]` (see `LinearOptions.fanInFanOut`). */
@@ -793,6 +796,29 @@ export class QuantizedLinear extends Module {
       }
     }
     return tf.tensor2d(dense, [n, m], "float32");
+  }
+
+  /** `true`: writing a weight rounds it to the layer's 4 or 8 bits. */
+  get lossyWrites(): boolean {
+    return true;
+  }
+
+  /** The dequantized weight (see {@linkcode QuantizedLinear.dequantize}); call it inside `tf.tidy`. */
+  denseWeight(): tf.Tensor2D {
+    return this.dequantize();
+  }
+
+  /**
+   * Re-quantizes `weight` `[in, out]` as this layer was quantized (its {@linkcode QuantizedLinear.spec}) and
+   * keeps that instead: how an adapter is merged into a quantized base, with the rounding that implies.
+   */
+  writeWeight(weight: tf.Tensor2D): void {
+    if (!tf.util.arraysEqual(weight.shape, [this.inFeatures, this.outFeatures])) {
+      throw new RangeError(
+        `QuantizedLinear.writeWeight: expected [${this.inFeatures}, ${this.outFeatures}]; got [${weight.shape}].`,
+      );
+    }
+    this.quantized = QuantizedLinear.fromWeight(weight, null, this.spec).quantized;
   }
 
   /** `x·W + b` over the last axis of `x`, with `W` dequantized for this call and freed after it. */

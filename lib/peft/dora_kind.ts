@@ -7,6 +7,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { DoRALayer } from "../dora.ts";
+import type { BaseLayer } from "../layers.ts";
 import type { Module } from "../module.ts";
 import { assignFrom } from "../weights.ts";
 import { checkLoraConfig, MAGNITUDE } from "./config.ts";
@@ -62,13 +63,17 @@ export const doraKind: AdapterKind<DoRALayer> = {
       if (dora.normAxis === "input") return tf.sub(dora.applyWithBase(base, x), baseOut);
       // c ⊙ (x·W + s·x·A·B) + b − (x·W + b), with x·W taken from the shared base output.
       const xw = base.bias === null ? baseOut : tf.sub(baseOut, base.bias);
-      return tf.sub(tf.mul(tf.add(xw, dora.apply(x)), dora.factor(base.weight)), xw);
+      return tf.sub(tf.mul(tf.add(xw, dora.apply(x)), dora.factor(base.denseWeight())), xw);
     });
   },
-  deltaWeight: (dora, base) => tf.tidy(() => tf.sub(dora.adaptedWeight(base.weight), base.weight)),
+  deltaWeight: (dora, base) =>
+    tf.tidy(() => {
+      const weight = base.denseWeight();
+      return tf.sub(dora.adaptedWeight(weight), weight);
+    }),
   merge(dora, base) {
-    const weight = base.weight;
     const { merged, norm } = tf.tidy(() => {
+      const weight = base.denseWeight();
       const norm = dora.weightNorm(weight);
       return { merged: dora.scaleUnits(tf.add(weight, dora.deltaWeight()), tf.div(dora.m, norm)), norm };
     });
@@ -79,7 +84,7 @@ export const doraKind: AdapterKind<DoRALayer> = {
       tf.tidy(() => {
         const factor = tf.div(dora.m, tf.tensor1d(kept)); // the same bits as at merge time
         const perUnit = dora.normAxis === "output" ? factor : tf.expandDims(factor, 1);
-        weight.assign(tf.sub(tf.div(weight, perUnit), dora.deltaWeight()));
+        base.writeWeight(tf.sub(tf.div(base.denseWeight(), perUnit), dora.deltaWeight()));
       });
   },
   factors: () => null, // W′ − W is not a scaled product of A and B: combining would drop the magnitudes
@@ -135,7 +140,7 @@ export const doraKind: AdapterKind<DoRALayer> = {
       try {
         assignFactors(dora, source.layers.get(target.module)!);
         assignFrom(dora.m, magnitudes.get(target.module)!);
-        checkNorms(dora, target.module, target.base.weight);
+        checkNorms(dora, target.module, target.base);
       } catch (error) {
         dora.dispose();
         throw error;
@@ -158,8 +163,8 @@ function refuseMergedBase(targets: readonly { module: string; merged: boolean }[
 }
 
 /** Throws, naming the units, where `‖W + s·A·B‖` is zero or not finite or `m` is not finite (DoRA divides by it). */
-function checkNorms(dora: DoRALayer, module: string, weight: tf.Tensor2D): void {
-  const norm = tf.tidy(() => dora.weightNorm(weight).dataSync());
+function checkNorms(dora: DoRALayer, module: string, base: BaseLayer): void {
+  const norm = tf.tidy(() => dora.weightNorm(base.denseWeight()).dataSync());
   const m = dora.m.dataSync();
   const bad = [...norm.keys()].filter((i) => !(norm[i] > 0 && Number.isFinite(norm[i]) && Number.isFinite(m[i])));
   if (bad.length > 0) {

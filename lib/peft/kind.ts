@@ -13,7 +13,7 @@
  * @module
  */
 import type * as tf from "@tensorflow/tfjs";
-import type { Linear } from "../layers.ts";
+import type { BaseLayer } from "../layers.ts";
 import type { Module } from "../module.ts";
 import type { StoredTensor, TensorData } from "../safetensors.ts";
 import { doraKind } from "./dora_kind.ts";
@@ -38,8 +38,8 @@ export interface AdapterSpec {
 export interface Target {
   /** Dotted module name, such as `layers.0` or `blocks.1.attn.q_proj`. */
   module: string;
-  /** The frozen base layer. */
-  base: Linear;
+  /** The frozen base layer: a `Linear`, or a quantized one. */
+  base: BaseLayer;
   /** Names of the adapters the layer already has (empty for a plain `Linear`). */
   existing: readonly string[];
   /** Whether one of them is folded into `base.weight` right now. */
@@ -51,7 +51,7 @@ export interface Placed<A extends Module = Module> {
   /** Dotted module name. */
   module: string;
   /** The base layer. */
-  base: Linear;
+  base: BaseLayer;
   /** The adapter. */
   adapter: A;
 }
@@ -108,21 +108,21 @@ export interface AdapterKind<A extends Module = Module> {
   /** New adapters, one per target, in order. Throws (with nothing changed) on a bad option or target. */
   create(targets: readonly Target[], spec: AdapterSpec): A[];
   /** The adapted layer's output: the base layer and this adapter. */
-  forward(adapter: A, base: Linear, x: tf.Tensor): tf.Tensor;
+  forward(adapter: A, base: BaseLayer, x: tf.Tensor): tf.Tensor;
   /**
    * What this adapter adds to the base layer's output `baseOut = base.apply(x)` (mixed batches run the base
    * product once for all rows and add each row's adapter).
    */
-  delta(adapter: A, base: Linear, x: tf.Tensor, baseOut: tf.Tensor): tf.Tensor;
+  delta(adapter: A, base: BaseLayer, x: tf.Tensor, baseOut: tf.Tensor): tf.Tensor;
   /** `W′ − W`: how the adapter changes the weight `[in, out]` it computes with. */
-  deltaWeight(adapter: A, base: Linear): tf.Tensor2D;
+  deltaWeight(adapter: A, base: BaseLayer): tf.Tensor2D;
   /**
    * Folds the adapter into `base.weight` in place and returns the function that takes it out again. Throws,
    * changing nothing, if the merged weight would not be finite (PEFT's `safe_merge`).
    */
-  merge(adapter: A, base: Linear): () => void;
+  merge(adapter: A, base: BaseLayer): () => void;
   /** Exact factors of ΔW for combining adapters, or `null` when ΔW is not a scaled product of two factors. */
-  factors(adapter: A, base: Linear): Factors | null;
+  factors(adapter: A, base: BaseLayer): Factors | null;
   /** Whether a PEFT config (already known to be an object) describes an adapter of this kind. */
   reads(config: Record<string, unknown>): boolean;
   /** The config, metadata and tensors of one adapter, all of this kind. */

@@ -9,7 +9,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { DoRAOptions } from "../dora.ts";
-import { Linear } from "../layers.ts";
+import { type BaseLayer, isBaseLayer, type Linear } from "../layers.ts";
 import { type LoRALayer, requireLinear } from "../lora.ts";
 import { Module } from "../module.ts";
 import { listNames } from "../_names.ts";
@@ -77,8 +77,8 @@ export interface LinearWithAdaptersOptions extends AdapterLayerOptions {
  * ```
  */
 export class LinearWithAdapters<A extends Module = LoRALayer> extends Module {
-  /** The wrapped base layer. */
-  linear: Linear;
+  /** The wrapped base layer: a `Linear`, or a frozen `QuantizedLinear` (QLoRA). */
+  linear: BaseLayer;
   /** Every adapter by name, in the order added. Change it through the methods, which keep the state right. */
   readonly adapters: Map<string, A> = new Map();
   private active: string;
@@ -96,7 +96,8 @@ export class LinearWithAdapters<A extends Module = LoRALayer> extends Module {
    */
   constructor(linear: Module, first: number | Module, alpha?: number, options: LinearWithAdaptersOptions = {}) {
     super();
-    const base = requireLinear("LinearWithAdapters", linear);
+    if (!isBaseLayer(linear)) requireLinear("LinearWithAdapters", linear); // throws, naming what it got
+    const base = linear as BaseLayer;
     const { adapterName = "default", ...spec } = options;
     checkAdapterName(adapterName);
     this.linear = base;
@@ -295,9 +296,19 @@ export class LinearWithAdapters<A extends Module = LoRALayer> extends Module {
    * result equals the original weight up to float32 rounding: for LoRA and VeRA the add and the subtract (a
    * few units in the last place of the larger of `|W|` and `|ΔW|`); for DoRA, whose factor `f` is kept from
    * merge time, four roundings bound the error per element by `2⁻²²·(|W| + |ΔW|)` (see `tests/dora_test.ts`).
+   *
+   * Refused after a merge into a quantized base, whose re-quantization of `W + ΔW` cannot be undone; PEFT 0.21.0
+   * (`tuners/lora/bnb.py`) instead warns and re-quantizes `W + ΔW − ΔW`, keeping the rounding of both steps.
    */
   unmerge(): void {
     if (!this.merged) throw new Error("unmerge(): this layer is not merged; nothing to unmerge.");
+    if (this.linear.lossyWrites) {
+      throw new Error(
+        `unmerge(): ${listNames(this.mergedAdapters)} were merged into a quantized base, which rounded W + ΔW to its ` +
+          `bits; subtracting ΔW again would not give back the original weight. Reload the base instead, or merge ` +
+          "into a float32 copy (mergeAndUnload(model, { dequantize: true })).",
+      );
+    }
     while (this.mergedUndo.length > 0) this.mergedUndo.pop()![1]();
   }
 
@@ -344,7 +355,7 @@ export class LinearWithAdapters<A extends Module = LoRALayer> extends Module {
 export function isTutorialLayer(module: Module): module is Module & { linear: Linear; lora: Module } {
   if (module instanceof LinearWithAdapters) return false;
   const children = module.children();
-  return children.length === 2 && children[0][0] === "linear" && children[0][1] instanceof Linear &&
+  return children.length === 2 && children[0][0] === "linear" && isBaseLayer(children[0][1]) &&
     children[1][0] === "lora" && kindOf(children[1][1]) !== undefined;
 }
 

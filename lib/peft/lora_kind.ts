@@ -6,7 +6,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { Linear } from "../layers.ts";
+import type { BaseLayer } from "../layers.ts";
 import { createLoRALayer, LoRALayer, type LoRAOptions, loraScaling } from "../lora.ts";
 import type { Module } from "../module.ts";
 import type { StoredTensor } from "../safetensors.ts";
@@ -59,9 +59,9 @@ export const loraKind: AdapterKind<LoRALayer> = {
   delta: (lora, _base, x) => lora.apply(x),
   deltaWeight: (lora) => lora.deltaWeight(),
   merge(lora, base) {
-    const merged = tf.tidy(() => tf.add(base.weight, lora.deltaWeight()) as tf.Tensor2D);
+    const merged = tf.tidy(() => tf.add(base.denseWeight(), lora.deltaWeight()) as tf.Tensor2D);
     assignFinite(base, merged, "LoRA");
-    return () => tf.tidy(() => base.weight.assign(tf.sub(base.weight, lora.deltaWeight())));
+    return () => tf.tidy(() => base.writeWeight(tf.sub(base.denseWeight(), lora.deltaWeight())));
   },
   factors: (lora) => ({
     a: Float64Array.from(lora.A.dataSync()),
@@ -132,14 +132,23 @@ export function buildAll<A extends Module>(
   rewritesBase: boolean,
   build: (target: Target, k: number) => A,
 ): A[] {
-  const saved = rewritesBase ? targets.map((t) => tf.clone(t.base.weight)) : [];
+  if (rewritesBase) {
+    const quantized = targets.find((t) => t.base.lossyWrites);
+    if (quantized !== undefined) {
+      throw new Error(
+        `${quantized.module} is a quantized base; PiSSA would write its residual there, rounded to the base's bits, ` +
+          "so it is not offered on a quantized base (start from kaiming or gaussian, or quantize after PiSSA).",
+      );
+    }
+  }
+  const saved = rewritesBase ? targets.map((t) => tf.tidy(() => tf.clone(t.base.denseWeight()))) : [];
   const built: A[] = [];
   try {
     targets.forEach((target, k) => built.push(build(target, k)));
     return built;
   } catch (error) {
     built.forEach((adapter) => adapter.dispose());
-    saved.forEach((weight, k) => targets[k].base.weight.assign(weight));
+    saved.forEach((weight, k) => targets[k].base.writeWeight(weight));
     const module = targets[built.length]?.module;
     if (error instanceof Error && module !== undefined && !error.message.includes(module)) {
       error.message = `${module}: ${error.message}`;
@@ -151,13 +160,13 @@ export function buildAll<A extends Module>(
 }
 
 /** Assigns `merged` to `base.weight` unless it holds a value that is not finite (then throws, changing nothing). */
-export function assignFinite(base: Linear, merged: tf.Tensor2D, title: string): void {
+export function assignFinite(base: BaseLayer, merged: tf.Tensor2D, title: string): void {
   const finite = tf.tidy(() => tf.all(tf.isFinite(merged)).dataSync()[0] === 1);
   if (!finite) {
     merged.dispose();
     throw new Error(`merge(): merging this ${title} adapter gives weights that are not finite; it seems broken.`);
   }
-  base.weight.assign(merged);
+  base.writeWeight(merged);
   merged.dispose();
 }
 

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { Linear } from "../layers.ts";
+import { isBaseLayer } from "../layers.ts";
 import { freezeBase, getModule, type Module, namedModules, setModule } from "../module.ts";
 import { type AdapterSpec, kindNamed, type Target } from "./kind.ts";
 import { type AdapterLayerOptions, checkAdapterName, isTutorialLayer, LinearWithAdapters, listNames } from "./layer.ts";
@@ -60,7 +60,7 @@ export function addLoRA<M extends Module>(model: M, options: AddLoRAOptions): M 
   const targets = findTargets(model, options, "addLoRA");
   for (const name of targets) {
     const layer = getModule(model, name);
-    if (!(layer instanceof Linear)) {
+    if (!isBaseLayer(layer)) {
       throw new Error(`addLoRA: ${name} already carries LoRA (${layer.constructor.name}); use addAdapter for more.`);
     }
   }
@@ -184,7 +184,7 @@ export function adapterTargets(model: Module, name: string, modules: readonly st
       if (layer.adapters.has(name)) throw new Error(`${caller}: ${module} already has an adapter named "${name}".`);
       return { module, base: layer.linear, existing: [...layer.adapters.keys()], merged: layer.merged };
     }
-    if (!(layer instanceof Linear)) {
+    if (!isBaseLayer(layer)) {
       throw new Error(`${caller}: ${module} is a ${layer.constructor.name}, which holds no named adapters.`);
     }
     return { module, base: layer, existing: [], merged: false };

@@ -5,6 +5,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import type { BaseLayer } from "../layers.ts";
 import { type Module, setModule } from "../module.ts";
 import { checkAdapterNames, withAdapterPerRow } from "./_rows.ts";
 import { loraLayers } from "./model.ts";
@@ -74,6 +75,13 @@ export function unmergeAdapter(model: Module): void {
  * their one adapter. What is left is a model of plain layers that computes what the adapted model computed, up
  * to float32 rounding. Refused, with nothing changed, while adapters are disabled.
  *
+ * On a quantized base (QLoRA) merging re-quantizes `W + ΔW`, which rounds it again; the merged model then differs
+ * from the adapted one by that rounding (notebook 14 measures it). `{ dequantize: true }` instead replaces each
+ * quantized base by a float32 copy of its dequantized weight and merges into that, exactly: a float32 model that
+ * computes what the adapted model computed. PEFT 0.21.0 does the first by default (`merge_and_unload` on a
+ * bitsandbytes base dequantizes, adds ΔW and quantizes again, with a warning about rounding); the second is what
+ * its documentation suggests doing by hand, loading the base in float and merging there.
+ *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -85,10 +93,25 @@ export function unmergeAdapter(model: Module): void {
  * model.dispose();
  * ```
  */
-export function mergeAndUnload<M extends Module>(model: M): M {
+export function mergeAndUnload<M extends Module>(model: M, options: { dequantize?: boolean } = {}): M {
   const layers = loraLayers(model); // the tutorial's layers too
   if (layers.some(([, layer]) => layer.adaptersDisabled)) {
     throw new Error("mergeAndUnload: adapters are disabled; call enableAdapters first.");
+  }
+  if (options.dequantize) {
+    const merged = layers.find(([, layer]) => layer.merged && layer.linear.lossyWrites);
+    if (merged !== undefined) {
+      throw new Error(
+        `mergeAndUnload: ${merged[0]} is already merged into its quantized base; dequantizing now would keep that ` +
+          "rounding. Reload the quantized base and merge into float32 from the start.",
+      );
+    }
+    for (const [, layer] of layers) {
+      if (!layer.linear.lossyWrites) continue;
+      const quantized = layer.linear as BaseLayer & { toLinear(): BaseLayer };
+      layer.linear = quantized.toLinear(); // a float32 copy of the dequantized weight, then an exact merge
+      quantized.dispose();
+    }
   }
   for (const [name, layer] of layers) {
     if (!layer.merged && layer.adapters.has(layer.activeAdapter)) layer.merge();

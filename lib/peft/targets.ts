@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { Linear } from "../layers.ts";
+import { isBaseLayer, Linear } from "../layers.ts";
 import { type Module, namedModules } from "../module.ts";
 import { isTutorialLayer, LinearWithAdapters, listNames } from "./layer.ts";
 import { RE2JS } from "re2js";
@@ -313,9 +313,9 @@ function isWrapper(module: Module): boolean {
   return module instanceof LinearWithAdapters || isTutorialLayer(module);
 }
 
-/** A module an adapter can go on: a `Linear`, or a layer that already adds LoRA to one. */
+/** A module an adapter can go on: a `Linear` (or a quantized one), or a layer that already adds LoRA to one. */
 function isLinear(module: Module): boolean {
-  return module instanceof Linear || isWrapper(module);
+  return module instanceof Linear || isBaseLayer(module) || isWrapper(module);
 }
 
 /** The name of the module `model.getOutputEmbeddings()` returns, if the model has that method. */

@@ -231,8 +231,8 @@ export const veraKind: AdapterKind<VeRALayer> = {
   delta: (vera, _base, x) => vera.apply(x),
   deltaWeight: (vera) => vera.deltaWeight(),
   merge(vera, base) {
-    assignFinite(base, tf.tidy(() => tf.add(base.weight, vera.deltaWeight()) as tf.Tensor2D), "VeRA");
-    return () => tf.tidy(() => base.weight.assign(tf.sub(base.weight, vera.deltaWeight())));
+    assignFinite(base, tf.tidy(() => tf.add(base.denseWeight(), vera.deltaWeight()) as tf.Tensor2D), "VeRA");
+    return () => tf.tidy(() => base.writeWeight(tf.sub(base.denseWeight(), vera.deltaWeight())));
   },
   factors(vera) {
     const { a, b } = tf.tidy(() => {
