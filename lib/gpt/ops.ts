@@ -20,6 +20,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { cheapTransposedProducts } from "../blas.ts";
 import { requiresGrad } from "../tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -346,7 +347,11 @@ export function embeddingLookup(weight: tf.Tensor2D, ids: tf.Tensor): tf.Tensor 
     if (needs[0]) save([oneHot]);
     return {
       value: tf.reshape(tf.matMul(oneHot, w), [...ids.shape, width]),
-      backward: (dy, [oneHot]) => [tf.matMul(tf.transpose(oneHot), tf.reshape(dy, [-1, width]))],
+      backward: (dy, [oneHot]) => {
+        const rows = tf.reshape(dy, [-1, width]) as tf.Tensor2D;
+        // onehotᵀ·dy: with BLAS the transpose is a flag of the product, on plain wasm an explicit transpose is faster
+        return [cheapTransposedProducts() ? tf.matMul(oneHot, rows, true) : tf.matMul(tf.transpose(oneHot), rows)];
+      },
     };
   });
 }
