@@ -6,7 +6,8 @@
  * write as it lies. {@linkcode enableBlas} replaces the wasm backend's `BatchMatMul` kernel (what `tf.matMul`
  * runs) and its `_FusedMatMul` kernel (`tf.fused.matMul`: a product, a bias and an activation) with kernels that
  * hand `cblas_sgemm` the addresses of the operands and of a freshly allocated output on that heap: no copy in
- * either direction. Transposed operands are passed to BLAS as its transpose flags, which cost it nothing, where
+ * either direction. Its `Sum` kernel, for sums over the leading axes (the gradient of every bias), becomes one
+ * `cblas_sgemv` with a vector of ones, where wasm's transposes the whole tensor before summing. Transposed operands are passed to BLAS as its transpose flags, which cost it nothing, where
  * wasm's own kernel runs transposed products in a slow loop.
  *
  * It needs the `--allow-ffi` permission and a shared library: the `library` option, else the
@@ -55,7 +56,7 @@ export interface BlasStatus {
 }
 
 /** The kernels replaced, with wasm's own configurations as `tf.getKernel` gave them before. */
-const KERNELS = ["BatchMatMul", "_FusedMatMul"] as const;
+const KERNELS = ["BatchMatMul", "_FusedMatMul", "Sum"] as const;
 type KernelName = typeof KERNELS[number];
 
 // cblas enums
@@ -82,6 +83,11 @@ const SYMBOLS = {
     ],
     result: "void",
   },
+  cblas_sgemv: {
+    // order, trans, M, N, alpha, A, lda, X, incX, beta, Y, incY
+    parameters: ["i32", "i32", "i32", "i32", "f32", "buffer", "i32", "buffer", "i32", "f32", "buffer", "i32"],
+    result: "void",
+  },
   openblas_set_num_threads: { parameters: ["i32"], result: "void", optional: true },
   openblas_get_num_threads: { parameters: [], result: "i32", optional: true },
 } as const;
@@ -91,7 +97,7 @@ type Library = Deno.DynamicLibrary<typeof SYMBOLS>;
 let lib: { handle: Library; path: string } | null = null;
 let status: BlasStatus = { enabled: false, library: null, threads: null, reason: "BLAS has not been enabled" };
 const reference = new Map<KernelName, tf.KernelConfig>();
-let products = 0;
+let products = 0, sums = 0;
 
 /** The places tried, in order, when neither the option nor `LORA_BLAS_LIBRARY` names a library. */
 export const DEFAULT_BLAS_LIBRARIES: readonly string[] = Deno.build.os === "darwin"
@@ -207,23 +213,40 @@ export function blasProductCount(): number {
 }
 
 /**
- * Whether products on the current backend take transposed operands at no extra cost: true on wasm while BLAS is
- * enabled. wasm's own kernel multiplies a transposed operand about 15× slower than a plain one, so without BLAS
- * an explicit `tf.transpose` before a plain product is faster; with BLAS the transpose flag is free and the
- * explicit transpose is wasted work. `ops.ts` asks this to choose.
+ * How many sums over leading axes (a bias's gradient, `Σ_rows dy`) BLAS has computed in this process.
  *
  * @example
  * ```ts
- * import { cheapTransposedProducts } from "./blas.ts";
- * console.log(typeof cheapTransposedProducts()); // "boolean"
+ * import * as tf from "@tensorflow/tfjs";
+ * import { blasStatus, blasSumCount } from "./blas.ts";
+ * const before = blasSumCount();
+ * tf.tidy(() => tf.sum(tf.ones([4, 3]), 0));
+ * console.log(blasSumCount() - before === (blasStatus().enabled && tf.getBackend() === "wasm" ? 1 : 0)); // true
  * ```
  */
-export function cheapTransposedProducts(): boolean {
+export function blasSumCount(): number {
+  return sums;
+}
+
+/**
+ * Whether the current backend's products and sums over rows run in BLAS: true on wasm while BLAS is enabled. The
+ * operations in `ops.ts` and `gpt/ops.ts` ask it to choose between two ways of computing the same thing. wasm's
+ * own kernel multiplies a transposed operand about 15× slower than a plain one, so without BLAS an explicit
+ * `tf.transpose` before a plain product is faster, and with BLAS the transpose flag costs nothing; wasm sums rows
+ * fastest as an average pool, BLAS as one product with a vector of ones.
+ *
+ * @example
+ * ```ts
+ * import { blasInUse } from "./blas.ts";
+ * console.log(typeof blasInUse()); // "boolean"
+ * ```
+ */
+export function blasInUse(): boolean {
   return status.enabled && tf.getBackend() === "wasm";
 }
 
 /**
- * Runs wasm's own kernel `name` ("BatchMatMul" or "_FusedMatMul") on `inputs`, whether or not BLAS is enabled:
+ * Runs wasm's own kernel `name` ("BatchMatMul", "_FusedMatMul" or "Sum") on `inputs`, whether or not BLAS is enabled:
  * the readable reference the BLAS kernels are compared against. Must be called with wasm as the current backend;
  * the result is a new tensor.
  *
@@ -288,6 +311,7 @@ function register(): boolean {
   const kernels: Record<KernelName, tf.KernelFunc> = {
     BatchMatMul: batchMatMul as unknown as tf.KernelFunc,
     _FusedMatMul: fusedMatMul as unknown as tf.KernelFunc,
+    Sum: sumLeadingAxes as unknown as tf.KernelFunc,
   };
   for (const name of KERNELS) {
     const current = tf.getKernel(name, "wasm");
@@ -472,6 +496,52 @@ function fusedMatMul(args: KernelArgs): KernelTensor {
       floats[row + j] = x;
     }
   }
+  return out;
+}
+
+/** A vector of ones for the sums below, grown as needed (outside the wasm heap: BLAS reads any memory). */
+let ones = new Float32Array(0);
+
+/**
+ * `tf.sum` over the leading axes of a float32 tensor (the gradient of a bias, `Σ_rows dy`) as one product with a
+ * vector of ones, `1ᵀ·X` (`cblas_sgemv`), reading `X` as it lies. wasm's own `Sum` reduces only the innermost axes,
+ * so it transposes the whole tensor first; every other sum goes to it.
+ */
+function sumLeadingAxes(args: KernelArgs): KernelTensor {
+  const { x } = args.inputs as { x: KernelTensor };
+  const heap = heapOf(args.backend);
+  const rank = x.shape.length;
+  const requested = args.attrs.axis;
+  const all = x.shape.map((_, i) => i); // no axis: every axis
+  const axes = [...new Set((requested == null ? all : Array.isArray(requested) ? requested : [requested]) as number[])]
+    .map((a) => (a < 0 ? a + rank : a)).sort((a, b) => a - b);
+  const leading = axes.length > 0 && axes.length < rank && axes.every((a, i) => a === i);
+  if (heap === null || x.dtype !== "float32" || !leading) return fallback("Sum", args);
+  const rows = size(x.shape.slice(0, axes.length)), rest = x.shape.slice(axes.length), columns = size(rest);
+  const shape = args.attrs.keepDims === true ? [...axes.map(() => 1), ...rest] : rest;
+  const out = heap.makeOutput(shape);
+  if (columns === 0) return out;
+  const floats = heap.floats(), ix = heap.index(x), iy = heap.index(out);
+  if (rows === 0) {
+    floats.fill(0, iy, iy + columns);
+    return out;
+  }
+  if (ones.length < rows) ones = new Float32Array(Math.max(rows, 2 * ones.length)).fill(1);
+  lib!.handle.symbols.cblas_sgemv(
+    ROW_MAJOR,
+    TRANS,
+    rows,
+    columns,
+    1,
+    floats.subarray(ix, ix + rows * columns),
+    columns,
+    ones,
+    1,
+    0,
+    floats.subarray(iy, iy + columns),
+    1,
+  );
+  sums++;
   return out;
 }
 

@@ -5,14 +5,14 @@
  * (`transposeA`/`transposeB`), which the wasm backend runs about 15× slower than a plain product; an explicit
  * `tf.transpose` followed by a plain product is much faster. With BLAS products (`blas.ts`) the transposed forms
  * cost nothing extra, and the explicit transpose would be wasted work, so the backward pass asks
- * `cheapTransposedProducts()` which of the two to run; both compute the same products. Second, work saved: PyTorch knows from
+ * `blasInUse()` which of the two to run; both compute the same products. Second, work saved: PyTorch knows from
  * `requires_grad` which gradients nobody needs, tfjs computes every gradient a custom op returns. So the
  * product asks which operands can need one, and a frozen weight or the raw input costs no backward product.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { cheapTransposedProducts } from "./blas.ts";
+import { blasInUse } from "./blas.ts";
 import { requiresGrad } from "./tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -112,12 +112,12 @@ export function matMul<T extends tf.Tensor>(x: T, w: tf.Tensor2D): T {
  * else as an explicit transpose and a plain product.
  */
 function timesTransposed(dy: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
-  return cheapTransposedProducts() ? tf.matMul(dy, b, false, true) : tf.matMul(dy, tf.transpose(b));
+  return blasInUse() ? tf.matMul(dy, b, false, true) : tf.matMul(dy, tf.transpose(b));
 }
 
 /** `aᵀ·dy`, the gradient of `a·b` with respect to `b`, chosen the same way. */
 function transposedTimes(a: tf.Tensor2D, dy: tf.Tensor2D): tf.Tensor2D {
-  return cheapTransposedProducts() ? tf.matMul(a, dy, true, false) : tf.matMul(tf.transpose(a), dy);
+  return blasInUse() ? tf.matMul(a, dy, true, false) : tf.matMul(tf.transpose(a), dy);
 }
 
 function product(a: tf.Tensor2D, b: tf.Tensor2D, gradA: boolean, gradB: boolean): tf.Tensor2D {

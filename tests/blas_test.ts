@@ -18,6 +18,7 @@ import {
 import {
   blasProductCount,
   blasStatus,
+  blasSumCount,
   DEFAULT_BLAS_LIBRARIES,
   disableBlas,
   enableBlas,
@@ -144,6 +145,39 @@ Deno.test({
     tf.dispose([a, b, ours, theirs]);
   },
 });
+
+/** [shape, axis, keepDims, whether BLAS takes it]: sums over leading axes go to BLAS, all others to wasm. */
+const SUMS: [number[], number | number[] | undefined, boolean, boolean][] = [
+  [[1024, 256], 0, false, true],
+  [[64, 16, 30], [0, 1], false, true],
+  [[64, 16, 30], [1, 0], true, true],
+  [[4, 5, 6], -3, false, true],
+  [[7, 3], 1, false, false],
+  [[7, 3], undefined, false, false],
+  [[4, 5, 6], [0, 2], false, false],
+];
+
+for (const [shape, axis, keepDims, blasTakes] of SUMS) {
+  Deno.test({
+    name: `tf.sum of [${shape}] over ${JSON.stringify(axis ?? "every axis")}${
+      keepDims ? ", dims kept," : ""
+    } equals wasm's`,
+    ignore,
+    fn: async () => {
+      const x = normal(shape, 11);
+      await assertNoLeak(() => {
+        const before = blasSumCount();
+        const ours = tf.sum(x, axis, keepDims);
+        assertEquals(blasSumCount() - before, blasTakes ? 1 : 0, "which kernel took it");
+        const theirs = referenceKernel("Sum", { x }, { axis: axis ?? null, keepDims });
+        assertEquals(ours.shape, theirs.shape);
+        assertClose(ours, theirs, 1e-4 * Math.sqrt(x.size / ours.size), "sum");
+        tf.dispose([ours, theirs]);
+      });
+      x.dispose();
+    },
+  });
+}
 
 /** The readable form of each fused activation, as separate tfjs ops. */
 const ACTIVATIONS: Record<string, (x: tf.Tensor, slopes: tf.Tensor) => tf.Tensor> = {
@@ -296,13 +330,14 @@ Deno.test({
 });
 
 Deno.test({
-  name: "every product of a training step runs in BLAS, and the backward pass transposes nothing",
+  name: "every product and bias gradient of a training step runs in BLAS, and the backward pass transposes nothing",
   ignore,
   fn: async () => {
     const run = mlp(false)();
     run.step().dispose();
-    const before = blasProductCount();
+    const before = blasProductCount(), sumsBefore = blasSumCount();
     const profile = await tf.profile(() => run.step().dispose());
+    assertEquals(blasSumCount() - sumsBefore, 3, "the three biases' gradients, sums over the batch");
     const products = profile.kernels.filter((k) => k.name === "BatchMatMul").length;
     assertEquals(products, 8, "three forward products, three weight gradients, the input gradients of two layers");
     assertEquals(blasProductCount() - before, products);
