@@ -6,9 +6,10 @@
  * write as it lies. {@linkcode enableBlas} replaces the wasm backend's `BatchMatMul` kernel (what `tf.matMul`
  * runs) and its `_FusedMatMul` kernel (`tf.fused.matMul`: a product, a bias and an activation) with kernels that
  * hand `cblas_sgemm` the addresses of the operands and of a freshly allocated output on that heap: no copy in
- * either direction. Its `Sum` kernel, for sums over the leading axes (the gradient of every bias), becomes one
- * `cblas_sgemv` with a vector of ones, where wasm's transposes the whole tensor before summing. Transposed operands are passed to BLAS as its transpose flags, which cost it nothing, where
- * wasm's own kernel runs transposed products in a slow loop.
+ * either direction. Transposed operands are passed to BLAS as its transpose flags, which cost it nothing, where
+ * wasm's own kernel runs transposed products in a slow loop. Its `Sum` kernel, for sums over the leading axes (the
+ * gradient of every bias), becomes one `cblas_sgemv` with a vector of ones, where wasm's transposes the whole
+ * tensor before summing.
  *
  * It needs the `--allow-ffi` permission and a shared library: the `library` option, else the
  * `LORA_BLAS_LIBRARY` environment variable, else the usual places of OpenBLAS (Debian's `libopenblas0-pthread`
@@ -25,7 +26,9 @@
  * `tests/blas_test.ts` against products computed one by one.
  *
  * Summation order differs from wasm's (XNNPACK's) kernels, so results agree to float32 rounding (about 1e-6
- * relative), not bit for bit.
+ * relative), not bit for bit; and OpenBLAS chooses its inner kernels by shape, so one row of a product may round
+ * differently in a product with another number of rows (wasm's products give each row the same bits in any batch).
+ * Results repeat exactly for the same shapes and thread count.
  *
  * @module
  */

@@ -201,7 +201,7 @@ export interface KernelTensor {
 
 /** The wasm backend's heap as a kernel written in JavaScript needs it: where tensors lie, and new outputs. */
 export interface WasmHeap {
-  /** The whole heap as float32 values; take it again after any allocation (the heap's buffer is replaced when it grows). */
+  /** The whole heap as float32 values; take it again after any allocation (a growing heap replaces its buffer). */
   floats(): Float32Array;
   /** Where `t`'s first value lies, as an index into {@linkcode WasmHeap.floats}. */
   index(t: KernelTensor): number;

@@ -352,7 +352,7 @@ export function embeddingLookup(weight: tf.Tensor2D, ids: tf.Tensor): tf.Tensor 
       value: tf.reshape(tf.matMul(oneHot, w), [...ids.shape, width]),
       backward: (dy, [oneHot]) => {
         const rows = tf.reshape(dy, [-1, width]) as tf.Tensor2D;
-        // onehotᵀ·dy: with BLAS the transpose is a flag of the product, on plain wasm an explicit transpose is faster
+        // onehotᵀ·dy: with BLAS a flag of the product; on plain wasm an explicit transpose is faster
         return [blasInUse() ? tf.matMul(oneHot, rows, true) : tf.matMul(tf.transpose(oneHot), rows)];
       },
     };
