@@ -14,6 +14,10 @@
  *     deno task bench --numpy              # also times a numpy loop of the same MLP, if numpy is installed
  *     deno task bench --backend=wasm,webgpu --batch-sizes=64,256,1024   # only steps/s against batch size
  *     deno task bench --model=gpt          # only the tiny GPT (gpt_bench.ts); --model=mlp only the MLP
+ *     deno task bench --peers              # the MLP and the GPT against PyTorch, same run, ratios (peers.ts)
+ *
+ * `wasm` here is plain wasm and `wasm+blas` wasm with OpenBLAS products (`lib/blas.ts`; skipped with the reason
+ * when it cannot be used).
  *
  * @module
  */
@@ -37,6 +41,7 @@ import {
   trainStep,
 } from "../lib/mod.ts";
 import { formatGptReport, type GptReport, measureGpt } from "./gpt_bench.ts";
+import { parsePeersArgs, runPeers } from "./peers.ts";
 import { renderStepsVsRank } from "./plot.ts";
 import { type Spread, spread } from "./timing.ts";
 
@@ -116,12 +121,15 @@ export interface NumpyReport {
   lora4: number;
 }
 
+/** The backends the bench measures: tfjs's, and wasm with BLAS products. */
+type BenchBackend = BackendName | "wasm+blas";
+
 interface Options {
   quick: boolean;
   json: boolean;
   save: boolean;
   numpy: boolean;
-  backends: BackendName[];
+  backends: BenchBackend[];
   child: boolean;
   /** `--batch-sizes=64,256,…`: measure only training steps/s at these batch sizes (see sweep.ts). */
   batchSizes?: string;
@@ -158,19 +166,23 @@ function parseArgs(args: string[]): Options {
       }
     } else if (arg.startsWith("--backend=")) {
       for (const name of arg.slice("--backend=".length).split(",")) {
-        if (!["wasm", "cpu", "webgpu"].includes(name)) {
-          throw new Error(`bench: unknown backend "${name}"; expected wasm, cpu or webgpu (comma-separated).`);
+        if (!["wasm", "wasm+blas", "cpu", "webgpu"].includes(name)) {
+          throw new Error(
+            `bench: unknown backend "${name}"; expected wasm, wasm+blas, cpu or webgpu (comma-separated).`,
+          );
         }
-        options.backends.push(name as BackendName);
+        options.backends.push(name as BenchBackend);
       }
     } else {
       throw new Error(
         `bench: unknown argument "${arg}"; expected --quick, --json, --save, --numpy, --batch-sizes=64,256,…, ` +
-          `--model=mlp,gpt or --backend=wasm,cpu,webgpu.`,
+          `--model=mlp,gpt, --backend=wasm,wasm+blas,cpu,webgpu or --peers (see peers.ts).`,
       );
     }
   }
-  if (options.backends.length === 0) options.backends = options.quick ? ["wasm"] : ["wasm", "cpu", "webgpu"];
+  if (options.backends.length === 0) {
+    options.backends = options.quick ? ["wasm", "wasm+blas"] : ["wasm", "wasm+blas", "cpu", "webgpu"];
+  }
   // A child process measures one model; it is told which with --model=gpt.
   if (options.models.length === 0) options.models = options.json || options.child ? ["mlp"] : ["mlp", "gpt"];
   if (options.json && options.models.length > 1) {
@@ -186,7 +198,7 @@ function pairedRatio(a: number[], b: number[]): number {
 
 /** How much work each backend gets: the cpu backend and software webgpu are ~15× slower than wasm. */
 function budget(backend: string, quick: boolean) {
-  const slow = backend !== "wasm";
+  const slow = !backend.startsWith("wasm");
   return {
     // Many short runs rather than a few long ones: other processes come and go on these shared cores, and
     // short interleaved runs let each configuration see the same mix of quiet and busy moments.
@@ -565,9 +577,9 @@ function checks(r: BackendReport): string[] {
 
 // --- entry point -------------------------------------------------------------------------------------------
 
-async function runChild(backend: BackendName, quick: boolean, batchSizes?: string, gpt = false): Promise<void> {
+async function runChild(backend: BenchBackend, quick: boolean, batchSizes?: string, gpt = false): Promise<void> {
   try {
-    await initBackend(backend);
+    await initBackend(backend, { blas: backend === "wasm+blas", quiet: true });
   } catch (error) {
     console.log(JSON.stringify({ skipped: String(error instanceof Error ? error.message : error) }));
     return;
@@ -586,7 +598,7 @@ async function runChild(backend: BackendName, quick: boolean, batchSizes?: strin
 }
 
 async function runBackend<T = BackendReport>(
-  backend: BackendName,
+  backend: BenchBackend,
   quick: boolean,
   extra: string[] = [],
 ): Promise<T | string> {
@@ -597,6 +609,7 @@ async function runBackend<T = BackendReport>(
     "--allow-write=/tmp", // webgpu: Mesa wants a private XDG_RUNTIME_DIR
     "--allow-run=lscpu",
     "--allow-sys=loadavg",
+    "--allow-ffi", // wasm+blas
     new URL(import.meta.url).pathname,
   ];
   const child = new Deno.Command(Deno.execPath(), {
@@ -612,6 +625,12 @@ async function runBackend<T = BackendReport>(
 }
 
 async function main(): Promise<void> {
+  if (Deno.args.includes("--peers")) {
+    const peers = parsePeersArgs(Deno.args);
+    const report = await runPeers(peers);
+    if (peers.json) console.log(JSON.stringify(report, null, 2));
+    return;
+  }
   const options = parseArgs(Deno.args);
   if (options.child) {
     return runChild(options.backends[0], options.quick, options.batchSizes, options.models.includes("gpt"));
@@ -639,7 +658,8 @@ async function runMlp(options: Options): Promise<void> {
     if (!options.json) console.log(`\n${formatReport(result)}\n`);
   }
   if (reports.length === 0) throw new Error("bench: no backend could be measured.");
-  const wasm = reports.find((r) => r.backend === "wasm") ?? reports[0];
+  const wasm = reports.find((r) => r.backend === "wasm+blas") ?? reports.find((r) => r.backend === "wasm") ??
+    reports[0];
   if (options.json) {
     console.log(JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 2));
   } else {

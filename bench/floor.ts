@@ -8,7 +8,7 @@
  * packed copy per tensor: in full finetuning every weight changes every step, and the backward pass multiplies
  * by freshly transposed tensors, so every product pays for packing.
  *
- *     deno run --allow-read --allow-env bench/floor.ts [wasm|cpu|webgpu]
+ *     deno run --allow-read --allow-env --allow-ffi bench/floor.ts [wasm|wasm+blas|cpu|webgpu]
  *
  * @module
  */
@@ -16,7 +16,7 @@ import * as tf from "@tensorflow/tfjs";
 import { Adam, initBackend } from "../lib/mod.ts";
 import { timeCalls } from "./timing.ts";
 
-const backend = await initBackend(Deno.args[0]);
+const backend = await initBackend(Deno.args[0] ?? "wasm", { blas: Deno.args[0] === "wasm+blas" });
 
 /** [rows of a, shared, columns of b, what it is] for one step of the 784-128-256-10 MLP at batch 64. */
 const PRODUCTS: [number, number, number, string][] = [

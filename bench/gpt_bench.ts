@@ -55,7 +55,7 @@ export interface GptReport {
 }
 
 function budget(backend: string, quick: boolean) {
-  const slow = backend !== "wasm"; // the cpu backend and software webgpu are many times slower
+  const slow = !backend.startsWith("wasm"); // the cpu backend and software webgpu are many times slower
   return {
     warmupSteps: slow ? 2 : quick ? 5 : 10,
     stepsPerRun: slow ? 2 : quick ? 5 : 8,

@@ -9,7 +9,7 @@
  * second operand of a product (XNNPACK) and caches it per tensor, and in full finetuning every weight changes
  * every step.
  *
- *     deno run --allow-read --allow-env bench/gpt_floor.ts [wasm|cpu|webgpu]
+ *     deno run --allow-read --allow-env --allow-ffi bench/gpt_floor.ts [wasm|wasm+blas|cpu|webgpu]
  *
  * @module
  */
@@ -19,7 +19,7 @@ import { channelMatMul } from "../lib/gpt/mod.ts";
 import { GPT_BENCH_CONFIG } from "./gpt_bench.ts";
 import { timeCalls } from "./timing.ts";
 
-const backend = await initBackend(Deno.args[0]);
+const backend = await initBackend(Deno.args[0] ?? "wasm", { blas: Deno.args[0] === "wasm+blas" });
 const N = 64 * GPT_BENCH_CONFIG.blockSize, C = GPT_BENCH_CONFIG.nEmbd, V = GPT_BENCH_CONFIG.vocabSize;
 const LAYERS = GPT_BENCH_CONFIG.nLayer;
 

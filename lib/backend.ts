@@ -10,6 +10,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
+import { blasStatus, disableBlas, enableBlas } from "./blas.ts";
 import { silenceCpuBanner } from "./tfjs_internals.ts";
 
 silenceCpuBanner();
@@ -28,6 +29,28 @@ export type BackendName = "wasm" | "cpu" | "webgpu" | "tensorflow";
  */
 export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "webgpu", "tensorflow"];
 
+/** What {@linkcode initBackend} started: a {@linkcode BackendName}, or `wasm+blas` for wasm with BLAS products. */
+export type StartedBackend = BackendName | "wasm+blas";
+
+/** How {@linkcode initBackend} treats the BLAS products of the wasm backend (see `blas.ts`). */
+export interface BackendOptions {
+  /**
+   * `true`: BLAS is required (an error says why it cannot be used); `false`: plain wasm. Default: the `LORA_BLAS`
+   * environment variable (`off`, `on`, or `auto`), else `auto`: BLAS when the process may use FFI and a library
+   * is found.
+   */
+  blas?: boolean;
+  /** The BLAS shared library; default `LORA_BLAS_LIBRARY`, else the usual places of OpenBLAS. */
+  blasLibrary?: string;
+  /**
+   * Threads for one BLAS product; default `LORA_BLAS_THREADS`, else 1. At the sizes of this library's models a
+   * second thread gains little and competes with everything else on a small machine.
+   */
+  blasThreads?: number;
+  /** Print nothing when BLAS is not used (by default one line on standard error says why, once per reason). */
+  quiet?: boolean;
+}
+
 /**
  * Picks, loads and initialises a backend, and returns its name.
  *
@@ -36,33 +59,78 @@ export const BACKEND_NAMES: readonly BackendName[] = ["wasm", "cpu", "webgpu", "
  * renderer and the second needs CUDA libraries. Asking for a backend that cannot start throws an error that
  * says what it needs, rather than silently running somewhere else.
  *
- * Call it once, before creating any tensor.
+ * On wasm the matrix products go to BLAS when `options` (or `LORA_BLAS`) allow it and it can be loaded, and the
+ * name returned is then `wasm+blas`; otherwise it is `wasm`, and one line on standard error says why BLAS was not
+ * used (no FFI permission, no library found, switched off). Asking for `wasm+blas` by name requires BLAS.
+ * `tf.getBackend()` says `wasm` either way: BLAS replaces kernels of the wasm backend, not the backend.
+ *
+ * Call it before creating any tensor; calling it again switches backend (tensors stay where they were made).
  *
  * @example Start the default backend
  * ```ts
  * import { initBackend } from "./backend.ts";
  * const name = await initBackend();
- * console.log(name); // "wasm" unless LORA_BACKEND says otherwise
+ * console.log(name); // "wasm+blas" with --allow-ffi and OpenBLAS, else "wasm", unless LORA_BACKEND says otherwise
+ * ```
+ * @example Plain wasm, whatever is installed
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { initBackend } from "./backend.ts";
+ * assert.equal(await initBackend("wasm", { blas: false }), "wasm");
  * ```
  */
-export async function initBackend(name?: string): Promise<BackendName> {
+export async function initBackend(name?: string, options: BackendOptions = {}): Promise<StartedBackend> {
   const requested = name ?? readEnv("LORA_BACKEND");
   if (requested !== undefined && requested !== "") {
+    if (requested === "wasm+blas") {
+      await start("wasm");
+      return useBlas({ ...options, blas: true });
+    }
     if (!(BACKEND_NAMES as readonly string[]).includes(requested)) {
       throw new Error(
-        `Unknown backend "${requested}": expected one of ${BACKEND_NAMES.join(", ")}.`,
+        `Unknown backend "${requested}": expected one of ${BACKEND_NAMES.join(", ")} (or wasm+blas).`,
       );
     }
     await start(requested as BackendName);
-    return requested as BackendName;
+    return requested === "wasm" ? useBlas(options) : requested as BackendName;
   }
   try {
     await start("wasm");
-    return "wasm";
   } catch {
     await start("cpu");
     return "cpu";
   }
+  return useBlas(options);
+}
+
+const reported = new Set<string>();
+
+/** Turns the BLAS products of the started wasm backend on or off as `options` and `LORA_BLAS` say. */
+function useBlas(options: BackendOptions): "wasm" | "wasm+blas" {
+  let wanted: boolean | "auto" = options.blas ?? "auto";
+  if (options.blas === undefined) {
+    const env = readEnv("LORA_BLAS")?.toLowerCase();
+    if (env === "off" || env === "0" || env === "false") wanted = false;
+    else if (env === "on" || env === "1" || env === "true") wanted = true;
+    else if (env !== undefined && env !== "" && env !== "auto") {
+      throw new Error(`LORA_BLAS must be off, on or auto; got "${readEnv("LORA_BLAS")}".`);
+    }
+  }
+  if (wanted === false) {
+    disableBlas(
+      options.blas === false ? "BLAS switched off by the blas: false option" : "BLAS switched off: LORA_BLAS=off",
+    );
+  } else {
+    enableBlas({ library: options.blasLibrary, threads: options.blasThreads });
+  }
+  const status = blasStatus();
+  if (status.enabled) return "wasm+blas";
+  if (wanted === true) throw new Error(`wasm+blas was asked for, but BLAS cannot be used: ${status.reason}.`);
+  if (options.quiet !== true && !reported.has(status.reason!)) {
+    reported.add(status.reason!);
+    console.error(`wasm without BLAS: ${status.reason}`);
+  }
+  return "wasm";
 }
 
 async function start(name: BackendName): Promise<void> {

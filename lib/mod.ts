@@ -33,7 +33,8 @@
  * @module
  */
 export { HFTokenizer, loadPretrained, type Pretrained, type PretrainedConfig } from "./hf/mod.ts";
-export { BACKEND_NAMES, type BackendName, initBackend } from "./backend.ts";
+export { BACKEND_NAMES, type BackendName, type BackendOptions, initBackend, type StartedBackend } from "./backend.ts";
+export { blasProductCount, type BlasStatus, blasStatus } from "./blas.ts";
 export {
   countParameters,
   freezeBase,

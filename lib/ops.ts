@@ -3,13 +3,16 @@
  *
  * Two reasons. First, speed: tfjs differentiates `tf.matMul` with the transposed forms of matMul
  * (`transposeA`/`transposeB`), which the wasm backend runs about 15× slower than a plain product; an explicit
- * `tf.transpose` followed by a plain product is much faster. Second, work saved: PyTorch knows from
+ * `tf.transpose` followed by a plain product is much faster. With BLAS products (`blas.ts`) the transposed forms
+ * cost nothing extra, and the explicit transpose would be wasted work, so the backward pass asks
+ * `blasInUse()` which of the two to run; both compute the same products. Second, work saved: PyTorch knows from
  * `requires_grad` which gradients nobody needs, tfjs computes every gradient a custom op returns. So the
  * product asks which operands can need one, and a frozen weight or the raw input costs no backward product.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { blasInUse } from "./blas.ts";
 import { requiresGrad } from "./tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -104,6 +107,19 @@ export function matMul<T extends tf.Tensor>(x: T, w: tf.Tensor2D): T {
   });
 }
 
+/**
+ * `dy·bᵀ`, the gradient of `a·b` with respect to `a`: with the transpose flag where products take it for free,
+ * else as an explicit transpose and a plain product.
+ */
+function timesTransposed(dy: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
+  return blasInUse() ? tf.matMul(dy, b, false, true) : tf.matMul(dy, tf.transpose(b));
+}
+
+/** `aᵀ·dy`, the gradient of `a·b` with respect to `b`, chosen the same way. */
+function transposedTimes(a: tf.Tensor2D, dy: tf.Tensor2D): tf.Tensor2D {
+  return blasInUse() ? tf.matMul(a, dy, true, false) : tf.matMul(tf.transpose(a), dy);
+}
+
 function product(a: tf.Tensor2D, b: tf.Tensor2D, gradA: boolean, gradB: boolean): tf.Tensor2D {
   if (gradA && gradB) return bothGrads(a, b);
   // Each single-gradient form takes only the differentiated operand as its input, so the tape never asks for
@@ -113,7 +129,7 @@ function product(a: tf.Tensor2D, b: tf.Tensor2D, gradA: boolean, gradB: boolean)
       save([b]);
       return {
         value: tf.matMul(a, b),
-        gradFunc: (dy, [bSaved]) => [tf.matMul(dy, tf.transpose(bSaved))],
+        gradFunc: (dy, [bSaved]) => [timesTransposed(dy, bSaved as tf.Tensor2D)],
       };
     });
     return f(a);
@@ -123,7 +139,7 @@ function product(a: tf.Tensor2D, b: tf.Tensor2D, gradA: boolean, gradB: boolean)
       save([a]);
       return {
         value: tf.matMul(a, b),
-        gradFunc: (dy, [aSaved]) => [tf.matMul(tf.transpose(aSaved), dy)],
+        gradFunc: (dy, [aSaved]) => [transposedTimes(aSaved as tf.Tensor2D, dy)],
       };
     });
     return f(b);
@@ -136,8 +152,8 @@ const bothGrads = customGrad((a: tf.Tensor2D, b: tf.Tensor2D, save: Save): Grad 
   return {
     value: tf.matMul(a, b),
     gradFunc: (dy, [aSaved, bSaved]) => [
-      tf.matMul(dy, tf.transpose(bSaved)),
-      tf.matMul(tf.transpose(aSaved), dy),
+      timesTransposed(dy, bSaved as tf.Tensor2D),
+      transposedTimes(aSaved as tf.Tensor2D, dy),
     ],
   };
 });

@@ -188,3 +188,74 @@ export function hostMemory(backend: object = tf.backend(), name: string = tf.get
   }
   return null;
 }
+
+/** What a kernel receives for each input and returns as its output: a tensor's data handle, shape and type. */
+export interface KernelTensor {
+  /** The backend's key for the tensor's data. */
+  dataId: object;
+  /** The tensor's shape. */
+  shape: number[];
+  /** The tensor's element type. */
+  dtype: string;
+}
+
+/** The wasm backend's heap as a kernel written in JavaScript needs it: where tensors lie, and new outputs. */
+export interface WasmHeap {
+  /** The whole heap as float32 values; take it again after any allocation (a growing heap replaces its buffer). */
+  floats(): Float32Array;
+  /** Where `t`'s first value lies, as an index into {@linkcode WasmHeap.floats}. */
+  index(t: KernelTensor): number;
+  /** A new float32 tensor of `shape` on the heap, its values not yet written (the backend's `makeOutput`). */
+  makeOutput(shape: number[]): KernelTensor;
+}
+
+/**
+ * The heap of the wasm backend `backend`, for kernels that read and write tensors in place (the BLAS products of
+ * `blas.ts`); `null` when `backend` is not a wasm backend with the internals this needs. Relies on the wasm
+ * backend's `wasm.HEAPU8` (the Emscripten heap, whose buffer is replaced when memory grows), `dataIdMap` entries'
+ * `memoryOffset` (a byte offset on that heap) and `makeOutput(shape, dtype)`.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import "@tensorflow/tfjs-backend-wasm";
+ * import { wasmHeap } from "./tfjs_internals.ts";
+ * await tf.setBackend("wasm");
+ * const t = tf.tensor1d([1, 2, 3]);
+ * const heap = wasmHeap(tf.backend())!;
+ * const i = heap.index(t);
+ * console.log(Array.from(heap.floats().subarray(i, i + 3))); // [1, 2, 3]
+ * t.dispose();
+ * ```
+ */
+export function wasmHeap(backend: object): WasmHeap | null {
+  const b = backend as {
+    wasm?: { HEAPU8?: Uint8Array };
+    dataIdMap?: { get?: (dataId: object) => { memoryOffset?: unknown } | undefined };
+    makeOutput?: (shape: number[], dtype: string) => KernelTensor;
+  };
+  if (
+    !(b.wasm?.HEAPU8 instanceof Uint8Array) || typeof b.dataIdMap?.get !== "function" ||
+    typeof b.makeOutput !== "function"
+  ) {
+    return null;
+  }
+  const wasm = b.wasm, data = b.dataIdMap as { get: (dataId: object) => { memoryOffset?: unknown } | undefined };
+  const makeOutput = b.makeOutput.bind(backend);
+  let buffer: ArrayBufferLike | null = null, floats: Float32Array = new Float32Array(0);
+  return {
+    floats() {
+      const current = wasm.HEAPU8!.buffer;
+      if (current !== buffer) [buffer, floats] = [current, new Float32Array(current)];
+      return floats;
+    },
+    index(t) {
+      const offset = data.get(t.dataId)?.memoryOffset;
+      if (typeof offset !== "number" || offset % 4 !== 0) {
+        throw new Error("wasmHeap: the wasm backend holds no float32 data for this tensor");
+      }
+      return offset / 4;
+    },
+    makeOutput: (shape) => makeOutput(shape, "float32"),
+  };
+}

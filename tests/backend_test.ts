@@ -1,26 +1,34 @@
 import * as tf from "@tensorflow/tfjs";
-import { BACKEND_NAMES, initBackend } from "../lib/mod.ts";
+import { BACKEND_NAMES, blasStatus, initBackend } from "../lib/mod.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 
-Deno.test("the default backend is wasm, and LORA_BACKEND chooses another", async () => {
+Deno.test("the default backend is wasm (with BLAS products when they can be used), and LORA_BACKEND chooses another", async () => {
   const saved = Deno.env.get("LORA_BACKEND");
   try {
     Deno.env.delete("LORA_BACKEND");
-    assertEquals(await initBackend(), "wasm");
+    const started = await initBackend(undefined, { quiet: true });
+    assertEquals(started, blasStatus().enabled ? "wasm+blas" : "wasm");
+    assert.ok(blasStatus().enabled || blasStatus().reason !== null, "without BLAS there is a reason");
     assertEquals(tf.getBackend(), "wasm");
+    assertEquals(await initBackend("wasm", { blas: false }), "wasm", "plain wasm on request");
+    assertEquals(blasStatus().enabled, false);
     Deno.env.set("LORA_BACKEND", "cpu");
     assertEquals(await initBackend(), "cpu");
     assertEquals(tf.getBackend(), "cpu");
-    assertEquals(await initBackend("wasm"), "wasm", "an explicit name wins over the variable");
+    assertEquals(await initBackend("wasm", { quiet: true }), started, "an explicit name wins over the variable");
   } finally {
     if (saved === undefined) Deno.env.delete("LORA_BACKEND");
     else Deno.env.set("LORA_BACKEND", saved);
-    await initBackend("wasm");
+    await initBackend("wasm", { quiet: true });
   }
 });
 
 Deno.test("an unknown backend name is an error listing the valid ones", async () => {
-  await assertRejects(() => initBackend("cuda"), Error, /Unknown backend "cuda": expected one of wasm, cpu, webgpu/);
+  await assertRejects(
+    () => initBackend("cuda"),
+    Error,
+    /Unknown backend "cuda": expected one of wasm, cpu, webgpu, tensorflow \(or wasm\+blas\)/,
+  );
   assertEquals([...BACKEND_NAMES], ["wasm", "cpu", "webgpu", "tensorflow"]);
 });
 

@@ -36,6 +36,7 @@ import {
   unmergeAdapter,
   wordWindows,
 } from "../lib/mod.ts";
+import { blasStatus } from "../lib/blas.ts";
 import {
   assert,
   assertBitIdentical,
@@ -352,7 +353,9 @@ Deno.test("named adapters: a mixed batch gives each row its own adapter's logits
     if (name === "__base__") disableAdapters(model);
     else setAdapter(model, name);
     const own = model.apply(tf.slice(x, [row, 0], [1, 10]));
-    assertBitIdentical(tf.slice(mixed, [row, 0, 0], [1, 10, 30]), own, name);
+    // BLAS products (lib/blas.ts) may round a row differently in batches of other sizes; wasm's products do not.
+    if (blasStatus().enabled) assertClose(tf.slice(mixed, [row, 0, 0], [1, 10, 30]), own, 1e-5, name);
+    else assertBitIdentical(tf.slice(mixed, [row, 0, 0], [1, 10, 30]), own, name);
     enableAdapters(model);
   }
   tf.dispose([x, mixed]);

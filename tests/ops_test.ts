@@ -1,8 +1,10 @@
 import * as tf from "@tensorflow/tfjs";
-import { crossEntropy, initBackend, matMul, softmaxCrossEntropy } from "../lib/mod.ts";
+import { blasStatus, crossEntropy, initBackend, matMul, softmaxCrossEntropy } from "../lib/mod.ts";
+import { disableBlas, enableBlas } from "../lib/blas.ts";
 import { assert, assertClose, assertEquals, assertNoLeak, assertThrows } from "./assert.ts";
 
-await initBackend();
+await initBackend(undefined, { quiet: true });
+const blas = blasStatus().enabled;
 
 /** Logits spread over ±scale, and one-hot targets, for a batch of 16 and 10 classes. */
 function data(scale: number) {
@@ -111,4 +113,39 @@ Deno.test("matMul acts on the last axis and names both shapes when they do not f
   assertClose(y, expected, 1e-6, "rank-3 product");
   assertThrows(() => matMul(x, tf.zeros([5, 5]) as tf.Tensor2D), RangeError, /got \[2,3,4\] and \[5,5\]/);
   tf.dispose([x, w, y, expected]);
+});
+
+Deno.test("matMul's backward pass: explicit transposes on plain wasm, transpose flags with BLAS, the same gradients", async () => {
+  const x = tf.randomNormal([8, 6], 0, 1, "float32", 20) as tf.Tensor2D;
+  const w = tf.variable(tf.randomNormal([6, 4], 0, 1, "float32", 21)) as tf.Variable<tf.Rank.R2>;
+  const v = tf.variable(tf.randomNormal([4, 3], 0, 1, "float32", 22)) as tf.Variable<tf.Rank.R2>;
+  const run = async () => {
+    let grads: tf.NamedTensorMap = {};
+    const info = await tf.profile(() => {
+      const result = tf.variableGrads(() => tf.sum(tf.square(matMul(matMul(x, w), v))) as tf.Scalar, [w, v]);
+      result.value.dispose();
+      grads = result.grads;
+    });
+    return { grads, transposes: info.kernels.filter((k) => k.name === "Transpose").length };
+  };
+  const wasActive = blas;
+  try {
+    disableBlas("comparing the two backward passes");
+    const plain = await run();
+    // dv = hᵀ·dy, dh = dy·vᵀ, dw = xᵀ·dh: three explicit transposes before plain products
+    assertEquals(plain.transposes, 3);
+    if (!blas) {
+      console.log(`the BLAS half skipped: ${blasStatus().reason}`);
+      tf.dispose(Object.values(plain.grads));
+      return;
+    }
+    enableBlas();
+    const flagged = await run();
+    assertEquals(flagged.transposes, 0, "with BLAS the transposes are flags of the products");
+    for (const name of [w.name, v.name]) assertClose(flagged.grads[name], plain.grads[name], 1e-4, name);
+    tf.dispose([...Object.values(plain.grads), ...Object.values(flagged.grads)]);
+  } finally {
+    if (wasActive) enableBlas();
+    tf.dispose([x, w, v]);
+  }
 });

@@ -69,7 +69,7 @@ Deno.test("Adam matches tf.train.adam on the cpu backend too", async () => {
     const { diff } = compareWithTfAdam(true);
     assert.ok(diff <= TOLERANCE, `max |difference| ${diff} exceeds ${TOLERANCE}`);
   } finally {
-    await tf.setBackend(backend);
+    await initBackend(backend);
   }
 });
 

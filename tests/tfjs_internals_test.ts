@@ -11,6 +11,7 @@ import {
   requiresGrad,
   silenceCpuBanner,
   tfSeed,
+  wasmHeap,
 } from "../lib/tfjs_internals.ts";
 import { assert, assertBitIdentical, assertEquals, maxAbsDiff } from "./assert.ts";
 
@@ -109,4 +110,24 @@ Deno.test("Adam falls back to tensor kernels where the internals are missing, wi
   const [fusedRun, kernelRun] = [run(true), run(false)];
   assert.ok(maxAbsDiff(kernelRun, fusedRun) < 1e-6, `kernels ${kernelRun} vs one loop ${fusedRun}`);
   assert.ok(maxAbsDiff(fusedRun, [1, -2, 3, 0.5]) > 0.1, "the steps moved the weights");
+});
+
+Deno.test("wasmHeap: tensors' places on the wasm heap, outputs made there, a fresh view after the heap grows", () => {
+  const heap = wasmHeap(tf.backend());
+  assert.ok(heap !== null, "the wasm backend no longer has HEAPU8, dataIdMap or makeOutput");
+  const t = tf.tensor2d([[1, 2], [3, 4]]);
+  const i = heap.index(t);
+  assertEquals(Array.from(heap.floats().subarray(i, i + 4)), [1, 2, 3, 4]);
+  const before = heap.floats();
+  const info = heap.makeOutput([2, 2]);
+  const big = tf.zeros([64, 1024, 1024]); // 256 MB: the heap grows, and its buffer is replaced
+  const floats = heap.floats();
+  assert.ok(floats.buffer !== before.buffer, "the heap did not grow; use a larger tensor");
+  floats.set([5, 6, 7, 8], heap.index(info));
+  const out = tf.engine().makeTensorFromTensorInfo(info as tf.TensorInfo);
+  assertEquals(Array.from(out.dataSync()), [5, 6, 7, 8], "written through the new view");
+  assertEquals(Array.from(floats.subarray(i, i + 4)), [1, 2, 3, 4], "old tensors are where they were");
+  assertEquals(wasmHeap({}), null);
+  assertEquals(wasmHeap(tf.findBackend("cpu")!), null);
+  tf.dispose([t, big, out]);
 });

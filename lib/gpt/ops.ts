@@ -20,6 +20,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { blasInUse } from "../blas.ts";
 import { requiresGrad } from "../tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -65,7 +66,8 @@ function customOp<T extends tf.Tensor>(
 /**
  * The sum of the rows of `x` (`[rows, n]` → `[n]`), as an average pool over all rows times their number:
  * tfjs's `tf.sum(x, 0)` transposes `x` first, which wasm does slowly, and a product with a row of ones
- * makes XNNPACK repack `x`; the pool reads `x` as it lies, several times faster than `tf.sum` for 1,024 rows.
+ * makes XNNPACK repack `x`; the pool reads `x` as it lies, several times faster than `tf.sum` for 1,024 rows. With
+ * BLAS products (`../blas.ts`), `tf.sum` itself runs as one BLAS product with a vector of ones, and is used.
  *
  * @example
  * ```ts
@@ -76,6 +78,8 @@ function customOp<T extends tf.Tensor>(
  */
 export function sumRows(x: tf.Tensor2D): tf.Tensor1D {
   const [rows, width] = x.shape;
+  // With BLAS (../blas.ts) a sum over the rows is one product with a vector of ones, faster still.
+  if (blasInUse()) return tf.sum(x, 0);
   return tf.tidy(() => {
     const mean = tf.avgPool(tf.reshape(x, [1, rows, 1, width]) as tf.Tensor4D, [rows, 1], 1, "valid");
     return tf.reshape(tf.mul(mean, rows), [width]);
@@ -346,7 +350,11 @@ export function embeddingLookup(weight: tf.Tensor2D, ids: tf.Tensor): tf.Tensor 
     if (needs[0]) save([oneHot]);
     return {
       value: tf.reshape(tf.matMul(oneHot, w), [...ids.shape, width]),
-      backward: (dy, [oneHot]) => [tf.matMul(tf.transpose(oneHot), tf.reshape(dy, [-1, width]))],
+      backward: (dy, [oneHot]) => {
+        const rows = tf.reshape(dy, [-1, width]) as tf.Tensor2D;
+        // onehotᵀ·dy: with BLAS a flag of the product; on plain wasm an explicit transpose is faster
+        return [blasInUse() ? tf.matMul(oneHot, rows, true) : tf.matMul(tf.transpose(oneHot), rows)];
+      },
     };
   });
 }
