@@ -126,7 +126,8 @@ function useBlas(options: BackendOptions): "wasm" | "wasm+blas" {
   const status = blasStatus();
   if (status.enabled) return "wasm+blas";
   if (wanted === true) throw new Error(`wasm+blas was asked for, but BLAS cannot be used: ${status.reason}.`);
-  if (options.quiet !== true && !reported.has(status.reason!)) {
+  // A fallback is reported once; a switch the caller or LORA_BLAS set on purpose needs no message.
+  if (options.quiet !== true && wanted !== false && !reported.has(status.reason!)) {
     reported.add(status.reason!);
     console.error(`wasm without BLAS: ${status.reason}`);
   }
