@@ -6,6 +6,7 @@
  * - {@link ./layers.ts}: `Linear`, `ReLU`, `freezeLinearLayers`.
  * - {@link ./lora.ts}: `LoRALayer`, `LinearWithLoRA`, `LinearWithLoRAMerged`, the scaling conventions, how A
  *   and B start (PEFT's random starts and PiSSA).
+ * - {@link ./quant.ts}: QLoRA's frozen base: NF4 and int8 weights, `QuantizedLinear`, `quantizeModel`.
  * - {@link ./dora.ts}: DoRA from scratch: `DoRALayer`, `LinearWithDoRA`, `LinearWithDoRAMerged`.
  * - {@link ./mlp.ts}: the tutorial's `MultilayerPerceptron`.
  * - {@link ./mnist.ts}: MNIST from its IDX files, `DataLoader`.
@@ -48,7 +49,21 @@ export {
   setModule,
   trainableVariables,
 } from "./module.ts";
-export { freezeLinearLayers, Linear, type LinearOptions, ReLU } from "./layers.ts";
+export { type BaseLayer, freezeLinearLayers, isBaseLayer, Linear, type LinearOptions, ReLU } from "./layers.ts";
+export {
+  dequantizeInt8Rows,
+  dequantizeNF4,
+  type Int8Rows,
+  NF4_CODE,
+  type NF4Tensor,
+  quantizedBytes,
+  QuantizedLinear,
+  quantizeInt8Rows,
+  quantizeModel,
+  type QuantizeModelOptions,
+  quantizeNF4,
+  type QuantizeSpec,
+} from "./quant.ts";
 export {
   createLoRALayer,
   LinearWithLoRA,
