@@ -115,7 +115,7 @@ for (const [inFeatures, outFeatures] of [[784, 128], [64, 256]]) {
 }
 
 console.log(`\nLoRA training step on the MLP, rank 4 on all three layers, Adam, batch 64`);
-console.log(`(median of 5 runs × 20 steps, ms per step)`);
+console.log(`(median of 7 runs × 20 steps after 20 warm-up steps, ms per step)`);
 console.log(`${"base as".padEnd(20)}${pad("ms", 9)}${pad("vs float32", 12)}`);
 const batch = {
   features: tf.tidy(() => tf.randomUniform([64 * 784], 0, 1, "float32", 5).dataSync() as Float32Array),
@@ -128,7 +128,7 @@ for (const [name, spec] of SPECS) {
   const model = addLoRA(spec === null ? mlp : quantizeModel(mlp, spec), { rank: 4, alpha: 4, seed: 1 });
   const optimizer = new Adam(0.005);
   const variables = trainableVariables(model);
-  const ms = await timeCalls(() => trainStep(model, optimizer, batch, variables), { runs: 5, calls: 20, warmup: 5 });
+  const ms = await timeCalls(() => trainStep(model, optimizer, batch, variables), { runs: 7, calls: 20, warmup: 20 });
   if (spec === null) stepReference = ms;
   console.log(`${name.padEnd(20)}${pad(ms.toFixed(3), 9)}${pad(`${(ms / stepReference).toFixed(2)}×`, 12)}`);
   optimizer.dispose();
