@@ -928,6 +928,12 @@ export function quantizeModel<M extends Module>(model: M, options: QuantizeModel
   );
   const sources = names.map((name) => getModule(model, name));
   sources.forEach((layer, k) => {
+    if (layer instanceof QuantizedLinear) {
+      throw new RangeError(
+        `quantizeModel: "${names[k]}" is a QuantizedLinear already; a quantized weight is not quantized again ` +
+          "(pick other targetModules, or start from the float32 model).",
+      );
+    }
     if (!(layer instanceof Linear)) {
       throw new TypeError(
         `quantizeModel: "${names[k]}" is a ${layer.constructor.name}, a layer that already carries an adapter; ` +

@@ -438,3 +438,9 @@ Deno.test("sampleWords: words end at the boundary, hold at least one character, 
   assert.ok(prefixed.every((w) => w.startsWith("ma")));
   model.dispose();
 });
+
+Deno.test("a GPT made and disposed leaves no tensor behind (its LayerNorms free their initial values)", async () => {
+  await assertNoLeak(() =>
+    new GPT({ vocabSize: 30, blockSize: 8, nLayer: 2, nHead: 2, nEmbd: 16 }, { seed: 1 }).dispose()
+  );
+});

@@ -74,8 +74,9 @@ export class LayerNorm extends Module {
   constructor(width: number, epsilon = 1e-5) {
     super();
     checkDim("LayerNorm", "width", width);
-    this.weight = tf.variable(tf.ones([width]));
-    this.bias = tf.variable(tf.zeros([width]));
+    // tidy frees the initial values; the variables keep copies of their own.
+    this.weight = tf.tidy(() => tf.variable(tf.ones([width])));
+    this.bias = tf.tidy(() => tf.variable(tf.zeros([width])));
     this.epsilon = epsilon;
   }
 
