@@ -304,8 +304,8 @@ export class LinearWithAdapters<A extends Module = LoRALayer> extends Module {
     if (!this.merged) throw new Error("unmerge(): this layer is not merged; nothing to unmerge.");
     if (this.linear.lossyWrites) {
       throw new Error(
-        `unmerge(): adapter(s) ${listNames(this.mergedAdapters)} merged into a quantized base, which rounded W + ΔW to its ` +
-          `bits; subtracting ΔW again would not give back the original weight. Reload the base instead, or merge ` +
+        `unmerge(): adapter(s) ${listNames(this.mergedAdapters)} merged into a quantized base, which rounded ` +
+          `W + ΔW to its bits; subtracting ΔW again would not give back the original weight. Reload the base instead, or merge ` +
           "into a float32 copy (mergeAndUnload(model, { dequantize: true })).",
       );
     }
