@@ -33,8 +33,8 @@ export interface TextEncoder {
  * - any other file is plain text, tokenized as one document and cut into windows of `maxLength + 1` tokens
  *   that overlap by one (each token after the first is a target exactly once).
  *
- * Throws, naming the file and line, for invalid JSON, a record with neither form, non-string fields, a
- * prompt that leaves no room for its completion, or a file without any example.
+ * Throws, naming the file and line, for invalid JSON, a record with neither form, non-string fields, an empty
+ * `text` or `completion`, a prompt that leaves no room for its completion, or a file without any example.
  *
  * @example
  * ```ts
@@ -45,6 +45,7 @@ export interface TextEncoder {
  * assert.deepEqual(example.ids, [97, 98, 99, 0]);
  * assert.deepEqual(example.counted, [false, false, true, true]); // c and the end are learned
  * assert.throws(() => readExamples('{"prompt": 1}', "x.jsonl", chars, 16), /x\.jsonl line 1/);
+ * assert.throws(() => readExamples('\n{"text": " "}', "x.jsonl", chars, 16), /x\.jsonl line 2: the text is empty/);
  * ```
  */
 export function readExamples(text: string, file: string, tokenizer: TextEncoder, maxLength: number): Example[] {
@@ -84,6 +85,11 @@ function jsonlExamples(text: string, file: string, tokenizer: TextEncoder, maxLe
       unknown
     >;
     let ids: number[], promptLength: number;
+    for (const field of ["text", "completion"]) {
+      if (typeof r[field] === "string" && (r[field] as string).trim() === "") {
+        throw new RangeError(`${where}: the ${field} is empty; every record needs something to learn.`);
+      }
+    }
     if (typeof r.text === "string" && r.prompt === undefined && r.completion === undefined) {
       ids = [...tokenizer.encode(r.text), ...eos];
       promptLength = 1;
