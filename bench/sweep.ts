@@ -89,7 +89,7 @@ export function parseBatchSizes(text: string): number[] {
  *
  * @example A tiny sweep on synthetic images
  * ```ts
- * import { initBackend } from "../../lib/mod.ts";
+ * import { initBackend } from "../lib/mod.ts";
  * import { measureBatchSweep } from "./sweep.ts";
  * await initBackend("wasm");
  * const pixels = new Float32Array(16 * 784).fill(0.5);
