@@ -14,6 +14,7 @@ import {
   GPT,
   initBackend,
   Linear,
+  loadPretrained,
   loraLayers,
   mergeAdapter,
   mergeAndUnload,
@@ -187,3 +188,23 @@ Deno.test("QLoRA: a step on part of a 4-bit model leaks nothing; a 4-bit GPT tak
   tf.dispose([tokens, before]);
   gpt.dispose();
 });
+
+for (const name of ["tiny-llama", "tiny-gpt2"]) {
+  Deno.test(`QLoRA on a Hugging Face checkpoint (${name}): 4-bit layers, LoRA by PEFT's names, PEFT's files`, async () => {
+    const { model } = await loadPretrained(new URL(`../data/fixtures/hf/${name}`, import.meta.url).pathname);
+    const tokens = tf.tensor2d([[1, 2, 3, 4, 5]], undefined, "int32");
+    const full = model.apply(tokens);
+    quantizeModel(model, { bits: 4 });
+    const quantizedOut = model.apply(tokens);
+    const gap = tf.tidy(() => tf.max(tf.abs(tf.sub(quantizedOut, full))).dataSync()[0]);
+    assert(gap > 0 && gap < 1, `4-bit logits move a little (${gap})`);
+    const targets = name === "tiny-gpt2" ? ["c_attn"] : ["q_proj", "v_proj"];
+    addLoRA(model, { rank: 2, alpha: 4, targetModules: targets, seed: 1 });
+    assert(loraLayers(model).every(([, layer]) => layer.linear instanceof QuantizedLinear));
+    assertBitIdentical(model.apply(tokens), quantizedOut, "LoRA at its start on the 4-bit checkpoint");
+    const config = JSON.parse((await adapterToFiles(model)).config);
+    assertEquals(config.fan_in_fan_out, name === "tiny-gpt2", "GPT-2's Conv1D layers keep fan_in_fan_out");
+    tf.dispose([tokens, full, quantizedOut]);
+    model.dispose();
+  });
+}
