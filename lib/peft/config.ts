@@ -6,7 +6,8 @@
  * @module
  */
 import { type LoRAInit, type LoRALayer, loraScaling, type ScalingConvention } from "../lora.ts";
-import { compileTargetPattern, type TargetModules } from "./targets.ts";
+import { compileTargetPattern } from "./patterns.ts";
+import type { TargetModules } from "./targets.ts";
 
 /** File names inside an adapter folder, as PEFT names them. */
 export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
