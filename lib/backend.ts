@@ -11,6 +11,7 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { blasStatus, disableBlas, enableBlas } from "./blas.ts";
+import { disableFused, enableFused } from "./fused.ts";
 import { silenceCpuBanner } from "./tfjs_internals.ts";
 
 silenceCpuBanner();
@@ -47,6 +48,11 @@ export interface BackendOptions {
    * second thread gains little and competes with everything else on a small machine.
    */
   blasThreads?: number;
+  /**
+   * `false`: the readable formulas of `gpt/ops.ts` instead of the fused kernels of `fused.ts` on wasm. Default: the
+   * `LORA_FUSED` environment variable (`off` or `on`), else on.
+   */
+  fused?: boolean;
   /** Print nothing when BLAS is not used (by default one line on standard error says why, once per reason). */
   quiet?: boolean;
 }
@@ -107,6 +113,12 @@ const reported = new Set<string>();
 
 /** Turns the BLAS products of the started wasm backend on or off as `options` and `LORA_BLAS` say. */
 function useBlas(options: BackendOptions): "wasm" | "wasm+blas" {
+  const fusedEnv = readEnv("LORA_FUSED")?.toLowerCase();
+  if (fusedEnv !== undefined && !["", "on", "off", "1", "0", "true", "false"].includes(fusedEnv)) {
+    throw new Error(`LORA_FUSED must be off or on; got "${readEnv("LORA_FUSED")}".`);
+  }
+  if (options.fused ?? !["off", "0", "false"].includes(fusedEnv ?? "")) enableFused();
+  else disableFused();
   let wanted: boolean | "auto" = options.blas ?? "auto";
   if (options.blas === undefined) {
     const env = readEnv("LORA_BLAS")?.toLowerCase();

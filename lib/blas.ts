@@ -248,6 +248,48 @@ export function blasInUse(): boolean {
   return status.enabled && tf.getBackend() === "wasm";
 }
 
+/** `C ← α·op(A)·op(B) + β·C` for row-major float32 matrices, as `cblas_sgemm` takes it (see {@linkcode blasGemm}). */
+export type Gemm = (
+  transposeA: boolean,
+  transposeB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: Float32Array,
+  lda: number,
+  b: Float32Array,
+  ldb: number,
+  beta: number,
+  c: Float32Array,
+  ldc: number,
+) => void;
+
+/**
+ * The loaded library's `cblas_sgemm` while BLAS is in use on wasm, else `null`: for kernels that run several
+ * products on one tensor's memory (the fused attention of `fused.ts`). The arrays may be views of the wasm heap
+ * or ordinary arrays; leading dimensions are strides in floats, so a head's columns of a `[time, width]` matrix
+ * are read in place.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { blasGemm } from "./blas.ts";
+ * const gemm = blasGemm();
+ * if (gemm !== null) {
+ *   const c = new Float32Array(1);
+ *   gemm(false, false, 1, 1, 2, 1, Float32Array.of(1, 2), 2, Float32Array.of(3, 4), 1, 0, c, 1);
+ *   assert.equal(c[0], 11);
+ * }
+ * ```
+ */
+export function blasGemm(): Gemm | null {
+  if (!blasInUse() || lib === null) return null;
+  const gemm = lib.handle.symbols.cblas_sgemm;
+  return (ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) =>
+    gemm(ROW_MAJOR, ta ? TRANS : NO_TRANS, tb ? TRANS : NO_TRANS, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 /**
  * Runs wasm's own kernel `name` ("BatchMatMul", "_FusedMatMul" or "Sum") on `inputs`, whether or not BLAS is enabled:
  * the readable reference the BLAS kernels are compared against. Must be called with wasm as the current backend;

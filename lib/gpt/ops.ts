@@ -21,6 +21,16 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { blasInUse } from "../blas.ts";
+import {
+  fusedAttention,
+  fusedAttentionGrad,
+  fusedAttentionInUse,
+  fusedCrossEntropy,
+  fusedGelu,
+  fusedInUse,
+  fusedLayerNorm,
+  fusedLayerNormGrad,
+} from "../fused.ts";
 import { requiresGrad } from "../tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -105,6 +115,19 @@ export function layerNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor1D, bias: 
       `layerNorm: x has ${width} features in its last axis but weight and bias have ${weight.size} and ${bias.size}.`,
     );
   }
+  if (fusedInUse()) {
+    return customOp<T>([x, weight, bias], ([x, w, b], needs, save) => {
+      const { y, mean, rstd } = fusedLayerNorm(x, w, b, epsilon);
+      save([x, mean, rstd, w]);
+      return {
+        value: y as T,
+        backward: (dy, [x, mean, rstd, w]) => {
+          const { dx, dWeight, dBias } = fusedLayerNormGrad(dy, x, mean, rstd, w);
+          return [needs[0] ? dx : null, needs[1] ? dWeight : null, needs[2] ? dBias : null];
+        },
+      };
+    });
+  }
   return customOp<T>([x, weight, bias], ([x, w, b], needs, save) => {
     const centered = tf.sub(x, tf.mean(x, -1, true));
     const rstd = tf.rsqrt(tf.add(tf.mean(tf.square(centered), -1, true), epsilon));
@@ -142,6 +165,13 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
  * ```
  */
 export function gelu<T extends tf.Tensor>(x: T): T {
+  if (fusedInUse()) {
+    return customOp<T>([x], ([x], needs, save) => {
+      const { value, derivative } = fusedGelu(x, needs[0]);
+      if (derivative !== null) save([derivative]);
+      return { value: value as T, backward: (dy, [derivative]) => [tf.mul(dy, derivative)] };
+    });
+  }
   return customOp<T>([x], ([x], needs, save) => {
     const cdf = tf.add(tf.mul(tf.erf(tf.mul(x, Math.SQRT1_2)), 0.5), 0.5);
     if (needs[0]) {
@@ -258,6 +288,19 @@ export function causalAttention<T extends tf.Tensor>(q: T, k: T, v: T, heads: nu
     throw new RangeError(`causalAttention: the mask must be [${time}, ${time}]; got [${mask.shape}].`);
   }
   const size = width / heads, scale = 1 / Math.sqrt(size);
+  if (fusedAttentionInUse()) {
+    return customOp<T>([q, k, v], ([q, k, v], needs, save) => {
+      const { out, p } = fusedAttention(q, k, v, mask, heads, scale);
+      save([q, k, v, p]);
+      return {
+        value: out as T,
+        backward: (dy, [q, k, v, p]) => {
+          const { dq, dk, dv } = fusedAttentionGrad(dy, q, k, v, p, heads, scale, needs[0] || needs[1]);
+          return [dq, dk, needs[2] ? dv : null];
+        },
+      };
+    });
+  }
   const { rows, columns, transposed, merge } = layouts(batch, time, heads, size);
   return customOp<T>([q, k, v], ([q, k, v], needs, save) => {
     const { p, out } = attend(rows(q), transposed(k), columns(v), tf.reshape(mask, [time, 1, time]), scale);
@@ -385,6 +428,13 @@ export function sequenceCrossEntropy(logits: tf.Tensor3D, targets: tf.Tensor2D):
     throw new TypeError(`sequenceCrossEntropy: targets must be int32; got ${targets.dtype}.`);
   }
   const vocab = logits.shape[2];
+  if (fusedInUse()) {
+    return customOp<tf.Scalar>([logits], ([logits], needs, save) => {
+      const { loss, grad } = fusedCrossEntropy(tf.reshape(logits, [-1, vocab]), tf.reshape(targets, [-1]), needs[0]);
+      if (grad !== null) save([grad]);
+      return { value: loss, backward: (dy, [grad]) => [tf.reshape(tf.mul(grad, dy), logits.shape)] };
+    });
+  }
   return customOp<tf.Scalar>([logits], ([logits], _needs, save) => {
     const z = tf.reshape(logits, [-1, vocab]);
     // A negative target gives an all-zero one-hot row, so `kept` is 1 where the position counts and 0 elsewhere.

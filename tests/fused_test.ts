@@ -1,0 +1,202 @@
+/**
+ * The fused kernels of lib/fused.ts against the readable formulas of lib/gpt/ops.ts: the same values and the same
+ * gradients to float32 rounding, for every input that may or may not need a gradient; edge cases (ignored targets,
+ * masked positions, values past the GELU table); no leaked tensor; the sharing `Identity`; fewer kernels per step.
+ * The attention tests need BLAS and are skipped without it (CI runs them, see blas_test.ts).
+ */
+import * as tf from "@tensorflow/tfjs";
+import { adam, addLoRA, GPT, initBackend, languageModelStep, trainableVariables } from "../lib/mod.ts";
+import { causalAttention, causalMask, gelu, layerNorm, sequenceCrossEntropy } from "../lib/gpt/mod.ts";
+import { disableFused, enableFused, fusedAttentionInUse, fusedInUse } from "../lib/fused.ts";
+import { assert, assertEquals, assertNoLeak, maxAbsDiff } from "./assert.ts";
+
+await initBackend("wasm", { quiet: true });
+const blas = fusedAttentionInUse();
+
+const normal = (shape: number[], seed: number, std = 1, mean = 0) => tf.randomNormal(shape, mean, std, "float32", seed);
+
+/** `f` with the fused kernels, then with the readable formulas; fused again afterwards. */
+function bothWays<T>(f: () => T): { fused: T; readable: T } {
+  enableFused();
+  assert.ok(fusedInUse());
+  const fused = f();
+  disableFused();
+  try {
+    return { fused, readable: f() };
+  } finally {
+    enableFused();
+  }
+}
+
+/** Largest |a − b| relative to the largest |b| (1 when b is all zeros). */
+function relative(a: tf.Tensor, b: tf.Tensor): number {
+  const scale = Math.max(1e-30, ...Array.from(b.dataSync(), Math.abs));
+  return maxAbsDiff(a, b) / scale;
+}
+
+/** Value and gradients of `sum(op(inputs) · r)` with respect to the inputs that are variables. */
+function valueAndGrads(op: (inputs: tf.Tensor[]) => tf.Tensor, inputs: tf.Tensor[], trainable: boolean[]) {
+  return tf.tidy(() => {
+    const value = op(inputs);
+    const r = normal(value.shape, 99);
+    const variables = inputs.map((t, i) => (trainable[i] ? tf.variable(t) : t));
+    const { grads } = tf.variableGrads(
+      () => tf.sum(tf.mul(op(variables), r)) as tf.Scalar,
+      variables.filter((_, i) => trainable[i]) as tf.Variable[],
+    );
+    const list = Object.values(grads);
+    variables.forEach((v, i) => trainable[i] && v.dispose());
+    return [value, ...list];
+  });
+}
+
+function compare(what: string, fused: tf.Tensor[], readable: tf.Tensor[], tolerance: number): void {
+  assertEquals(fused.length, readable.length, `${what}: as many results`);
+  fused.forEach((t, i) => {
+    assertEquals(t.shape, readable[i].shape, `${what}: shape of result ${i}`);
+    const error = relative(t, readable[i]);
+    assert.ok(error < tolerance, `${what}: result ${i} differs by ${error} (relative), over ${tolerance}`);
+  });
+  tf.dispose([...fused, ...readable]);
+}
+
+Deno.test("layer normalisation: values and the gradients of x, weight and bias match the formulas", async () => {
+  const x = normal([3, 5, 16], 1, 3, 2), weight = normal([16], 2, 1, 1), bias = normal([16], 3);
+  for (const trainable of [[true, true, true], [true, false, false], [false, true, true]]) {
+    await assertNoLeak(() => {
+      const { fused, readable } = bothWays(() =>
+        valueAndGrads(([x, w, b]) => layerNorm(x, w as tf.Tensor1D, b as tf.Tensor1D), [x, weight, bias], trainable)
+      );
+      compare(`layerNorm, trainable ${trainable}`, fused, readable, 2e-6);
+    });
+  }
+  tf.dispose([x, weight, bias]);
+});
+
+Deno.test("GELU: values and gradient match the exact formula, inside and beyond the table's ±6", async () => {
+  const values = [-50, -7, -6, -5.99, -3.3, -1, -0.25, 0, 1e-3, 0.5, 2, 5.999, 6, 6.01, 40];
+  const x = tf.concat([tf.tensor1d(values), normal([4096], 5, 3)]);
+  await assertNoLeak(() => {
+    const { fused, readable } = bothWays(() => valueAndGrads(([x]) => gelu(x), [x], [true]));
+    // Both are float32 approximations of Φ (the formulas go through wasm's erf); they agree to a few units in
+    // float32's last place of the largest value.
+    compare("gelu", fused, readable, 2e-6);
+  });
+  const nan = tf.tidy(() => gelu(tf.tensor1d([NaN])).dataSync()[0]);
+  assert.ok(Number.isNaN(nan), "GELU of NaN is NaN");
+  x.dispose();
+});
+
+Deno.test("cross-entropy: loss and gradient match, with ignored and out-of-vocabulary targets", async () => {
+  const logits = normal([3, 4, 7], 6, 4);
+  const targets = tf.tensor2d([[1, 6, -1, 0], [3, 3, 7, 2], [-1, -1, 5, 4]], [3, 4], "int32");
+  const none = tf.fill([3, 4], -1, "int32") as tf.Tensor2D;
+  await assertNoLeak(() => {
+    for (const [name, t] of [["mixed", targets], ["all ignored", none]] as const) {
+      const { fused, readable } = bothWays(() =>
+        valueAndGrads(([z]) => sequenceCrossEntropy(z as tf.Tensor3D, t), [logits], [true])
+      );
+      if (name === "all ignored") {
+        assertEquals(fused[0].dataSync()[0], 0, "no counted position: loss 0");
+        assert.ok(fused[1].dataSync().every((g) => g === 0), "and no gradient");
+      }
+      compare(`cross-entropy, ${name}`, fused, readable, 2e-6);
+    }
+  });
+  tf.dispose([logits, targets, none]);
+});
+
+Deno.test({
+  name: "attention: output and the gradients of q, k and v match the formulas, also with v alone trainable",
+  ignore: !blas,
+  fn: async () => {
+    const [batch, time, width, heads] = [3, 6, 12, 3];
+    const q = normal([batch, time, width], 7, 2), k = normal([batch, time, width], 8, 2);
+    const v = normal([batch, time, width], 9);
+    for (const trainable of [[true, true, true], [false, false, true], [true, false, false]]) {
+      await assertNoLeak(() => {
+        const { fused, readable } = bothWays(() =>
+          valueAndGrads(([q, k, v]) => causalAttention(q, k, v, heads, causalMask(time)), [q, k, v], trainable)
+        );
+        compare(`attention, trainable ${trainable}`, fused, readable, 1e-5);
+      });
+    }
+    tf.dispose([q, k, v]);
+  },
+});
+
+Deno.test("the fused Identity shares its input's buffer: a clone costs no copy and outlives the original", async () => {
+  const x = tf.tensor1d([1, 2, 3]);
+  const buffers = () => tf.backend().numDataIds();
+  const before = buffers();
+  const copy = tf.clone(x);
+  assert.equal(copy.dataId, x.dataId, "the same buffer");
+  assert.equal(buffers(), before, "no new buffer on the wasm heap");
+  x.dispose();
+  assertEquals(Array.from(await copy.data()), [1, 2, 3]);
+  copy.dispose();
+  disableFused();
+  const y = tf.tensor1d([4]), copied = tf.clone(y);
+  assert.notEqual(copied.dataId, y.dataId, "wasm's own Identity copies");
+  tf.dispose([y, copied]);
+  enableFused();
+});
+
+Deno.test("three GPT steps take the same path fused as with the formulas, in fewer kernels, leaking nothing", async () => {
+  const config = { vocabSize: 30, blockSize: 16, nLayer: 2, nHead: 4, nEmbd: 32 };
+  let seed = 11;
+  const ids = () =>
+    Int32Array.from({ length: 8 * 16 }, () => 1 + ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % 29));
+  const batch = { inputs: ids(), targets: ids(), size: 8, time: 16, tokens: 8 * 16 };
+  for (const lora of [false, true]) {
+    const run = async () => {
+      const base = new GPT(config, { seed: 3 });
+      const model = lora ? addLoRA(base, { rank: 4, alpha: 8, targetModules: ["q_proj", "v_proj"], seed: 4 }) : base;
+      const optimizer = adam(1e-3), variables = trainableVariables(model);
+      const losses: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const loss = languageModelStep(model, optimizer, batch, variables);
+        losses.push(loss.dataSync()[0]);
+        loss.dispose();
+      }
+      const kernels = (await tf.profile(() => languageModelStep(model, optimizer, batch, variables).dispose()))
+        .kernels.length;
+      const weights = variables.map((v) => v.clone());
+      optimizer.dispose();
+      model.dispose();
+      return { losses, kernels, weights };
+    };
+    enableFused();
+    const fused = await run();
+    disableFused();
+    const readable = await run();
+    enableFused();
+    assert.ok(maxAbsDiff(fused.losses, readable.losses) < 1e-5, `losses ${fused.losses} vs ${readable.losses}`);
+    fused.weights.forEach((w, i) => assert.ok(maxAbsDiff(w, readable.weights[i]) < 1e-4, `parameter ${i}`));
+    assert.ok(
+      fused.kernels < 0.7 * readable.kernels,
+      `${lora ? "LoRA" : "full"}: ${fused.kernels} kernels fused vs ${readable.kernels} with the formulas`,
+    );
+    tf.dispose([...fused.weights, ...readable.weights]);
+    await assertNoLeak(async () => {
+      const again = await run();
+      tf.dispose(again.weights);
+    });
+  }
+});
+
+Deno.test("LORA_FUSED=off and { fused: false } turn the fused kernels off; a bad LORA_FUSED is refused", async () => {
+  await initBackend("wasm", { quiet: true, fused: false });
+  assert.equal(fusedInUse(), false);
+  Deno.env.set("LORA_FUSED", "off");
+  try {
+    await initBackend("wasm", { quiet: true });
+    assert.equal(fusedInUse(), false);
+    Deno.env.set("LORA_FUSED", "sometimes");
+    await assert.rejects(() => initBackend("wasm", { quiet: true }), /LORA_FUSED must be off or on; got "sometimes"/);
+  } finally {
+    Deno.env.delete("LORA_FUSED");
+  }
+  await initBackend("wasm", { quiet: true });
+  assert.equal(fusedInUse(), true);
+});
