@@ -385,11 +385,12 @@ function expNonPositive(x: number): number {
 
 // GELU from tables of Φ and φ at x = −6 + i/64 (i = 0 … 768), interpolated by cubic Hermite polynomials, whose slopes
 // are known exactly (Φ′ = φ, φ′ = −x·φ): error below 3·10⁻¹⁰ for Φ and φ, so x·Φ(x) is as close as float32 rounding
-// of x allows. Outside ±6, Φ is taken as 0 and 1 and φ as 0 (they differ from that by less than 10⁻⁸). Measured on
-// these CPUs, this runs in about a third of the time of the same loop with an erf polynomial and an exponential.
+// of x allows. Outside ±6, Φ is taken as 0 and 1 and φ as 0 (they differ from that by less than 10⁻⁸). Each interval
+// keeps its two cubics' coefficients side by side. Measured on these CPUs, this runs in about a third of the time of
+// the same loop with an erf polynomial and an exponential.
 const GELU_LO = -6, GELU_STEPS = 64, GELU_POINTS = 12 * GELU_STEPS + 1, GELU_H = 1 / GELU_STEPS;
 const GELU_TOP = GELU_POINTS - 1 - 1e-9, INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
-const [CDF, PDF] = (() => {
+const GELU_TABLE = (() => {
   const cdf = new Float64Array(GELU_POINTS), pdf = new Float64Array(GELU_POINTS);
   const phi = (x: number) => Math.exp(-x * x / 2) * INV_SQRT_2PI;
   // Φ(x + h) = Φ(x) + ∫ φ over [x, x + h], each interval by 4-point Gauss–Legendre, from Φ(−10) ≈ 7.62·10⁻²⁴.
@@ -405,7 +406,16 @@ const [CDF, PDF] = (() => {
     }
   }
   [cdf[0], pdf[0], cdf[GELU_POINTS - 1], pdf[GELU_POINTS - 1]] = [0, 0, 1, 0];
-  return [cdf, pdf];
+  // The Hermite cubic through (0, y₀) and (1, y₁) with slopes m₀, m₁ (per unit of u = (x − xⱼ)/h), as powers of u.
+  const cubic = (y0: number, y1: number, m0: number, m1: number) =>
+    [y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1];
+  const table = new Float64Array(8 * GELU_POINTS);
+  for (let j = 0; j + 1 < GELU_POINTS; j++) {
+    const x0 = GELU_LO + j * GELU_H, x1 = x0 + GELU_H;
+    table.set(cubic(cdf[j], cdf[j + 1], GELU_H * pdf[j], GELU_H * pdf[j + 1]), 8 * j);
+    table.set(cubic(pdf[j], pdf[j + 1], -GELU_H * x0 * pdf[j], -GELU_H * x1 * pdf[j + 1]), 8 * j + 4);
+  }
+  return table;
 })();
 
 function geluKernel(args: KernelArgs): KernelTensor[] {
@@ -414,20 +424,24 @@ function geluKernel(args: KernelArgs): KernelTensor[] {
   const withDerivative = args.attrs.derivative === true;
   const heap = heapOf(args.backend), n = sizeOf(x.shape);
   const value = heap.makeOutput(x.shape), derivative = withDerivative ? heap.makeOutput(x.shape) : null;
-  const f = heap.floats(), ix = heap.index(x), iv = heap.index(value);
-  const id = derivative === null ? -1 : heap.index(derivative);
-  for (let i = 0; i < n; i++) {
-    const xi = f[ix + i];
-    // Position in the table (clamped; NaN stays NaN through u), then the Hermite basis at the fraction u.
-    const t = Math.min(Math.max((xi - GELU_LO) * GELU_STEPS, 0), GELU_TOP);
-    const j = t | 0, u = t - j, w = 1 - u;
-    const h00 = (1 + 2 * u) * w * w, h10 = u * w * w * GELU_H, h01 = u * u * (3 - 2 * u), h11 = -u * u * w * GELU_H;
-    const p0 = PDF[j], p1 = PDF[j + 1], x0 = GELU_LO + j * GELU_H;
-    const cdf = h00 * CDF[j] + h10 * p0 + h01 * CDF[j + 1] + h11 * p1;
-    f[iv + i] = xi * cdf;
-    if (id >= 0) f[id + i] = cdf + xi * (h00 * p0 - h10 * x0 * p0 + h01 * p1 - h11 * (x0 + GELU_H) * p1);
+  const f = heap.floats(), ix = heap.index(x), iv = heap.index(value), c = GELU_TABLE;
+  if (derivative === null) {
+    for (let i = 0; i < n; i++) {
+      const xi = f[ix + i], t = Math.min(Math.max((xi - GELU_LO) * GELU_STEPS, 0), GELU_TOP);
+      const j = t | 0, u = t - j, o = 8 * j; // NaN stays NaN through u
+      f[iv + i] = xi * (c[o] + u * (c[o + 1] + u * (c[o + 2] + u * c[o + 3])));
+    }
+    return [value];
   }
-  return derivative === null ? [value] : [value, derivative];
+  const id = heap.index(derivative);
+  for (let i = 0; i < n; i++) {
+    const xi = f[ix + i], t = Math.min(Math.max((xi - GELU_LO) * GELU_STEPS, 0), GELU_TOP);
+    const j = t | 0, u = t - j, o = 8 * j;
+    const cdf = c[o] + u * (c[o + 1] + u * (c[o + 2] + u * c[o + 3]));
+    f[iv + i] = xi * cdf;
+    f[id + i] = cdf + xi * (c[o + 4] + u * (c[o + 5] + u * (c[o + 6] + u * c[o + 7])));
+  }
+  return [value, derivative];
 }
 
 function attentionShapes(kernel: string, q: KernelTensor, heads: number) {
