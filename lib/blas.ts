@@ -394,6 +394,10 @@ const size = (shape: number[]) => shape.reduce((n, d) => n * d, 1);
 
 /**
  * `C = op(A)·op(B)` for every entry of the batch axes (broadcast as NumPy does), on the heap, into a new output.
+ * With `bias` (a float32 tensor of one value, or one per column), it is added to every row afterwards, in one
+ * tight pass: the same float32 roundings as a product followed by `tf.add` (BLAS's `β = 1` on rows that start as
+ * the bias would round differently wherever OpenBLAS splits the inner axis into blocks), so a layer computed
+ * either way gives the same bits.
  */
 function product(
   heap: WasmHeap,
@@ -401,6 +405,7 @@ function product(
   b: KernelTensor,
   transposeA: boolean,
   transposeB: boolean,
+  bias?: KernelTensor,
 ): KernelTensor {
   const ra = a.shape.length, rb = b.shape.length;
   const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
@@ -420,10 +425,35 @@ function product(
   if (batch * m * n === 0) return out;
   const floats = heap.floats(); // after the allocation, which may have replaced the heap's buffer
   const ia = heap.index(a), ib = heap.index(b), ic = heap.index(out);
-  if (k === 0) {
-    floats.fill(0, ic, ic + batch * m * n);
-    return out;
+  if (k === 0) floats.fill(0, ic, ic + batch * m * n);
+  else gemmAll(floats, ia, ib, ic, m, n, k, batch, batchA, batchB, outerA, outerB, outer, transposeA, transposeB);
+  if (bias !== undefined) {
+    const start = heap.index(bias), one = size(bias.shape) === 1;
+    for (let at = ic; at < ic + batch * m * n; at += n) {
+      if (one) { for (let j = 0; j < n; j++) floats[at + j] += floats[start]; }
+      else for (let j = 0; j < n; j++) floats[at + j] += floats[start + j];
+    }
   }
+  return out;
+}
+
+function gemmAll(
+  floats: Float32Array,
+  ia: number,
+  ib: number,
+  ic: number,
+  m: number,
+  n: number,
+  k: number,
+  batch: number,
+  batchA: number,
+  batchB: number,
+  outerA: number[],
+  outerB: number[],
+  outer: number[],
+  transposeA: boolean,
+  transposeB: boolean,
+): void {
   const gemm = lib!.handle.symbols.cblas_sgemm;
   const ta = transposeA ? TRANS : NO_TRANS, tb = transposeB ? TRANS : NO_TRANS;
   const lda = transposeA ? m : k, ldb = transposeB ? k : n;
@@ -468,7 +498,6 @@ function product(
     }
   }
   products++;
-  return out;
 }
 
 /**
@@ -522,18 +551,16 @@ function fusedMatMul(args: KernelArgs): KernelTensor {
   ) {
     return fallback("_FusedMatMul", args);
   }
-  const out = product(heap, a!, b!, args.attrs.transposeA === true, args.attrs.transposeB === true);
+  const out = product(heap, a!, b!, args.attrs.transposeA === true, args.attrs.transposeB === true, bias);
   const total = size(out.shape);
-  if (total === 0 || (bias === undefined && activation === "linear")) return out;
+  if (total === 0 || activation === "linear") return out;
   const floats = heap.floats(), ic = heap.index(out);
-  const ib = bias === undefined ? -1 : heap.index(bias), nb = bias === undefined ? 0 : size(bias.shape);
   const usePrelu = activation === "prelu" && prelu !== undefined;
   const ip = usePrelu ? heap.index(prelu) : -1, np = usePrelu ? size(prelu.shape) : 0;
   const f = ACTIVATIONS[activation], alpha = Number(args.attrs.leakyreluAlpha ?? 0.2);
   for (let row = ic; row < ic + total; row += n) {
     for (let j = 0; j < n; j++) {
       let x = floats[row + j];
-      if (ib >= 0) x += floats[ib + (nb === 1 ? 0 : j)];
       if (ip >= 0) {
         const slope = floats[ip + (np === 1 ? 0 : j)];
         x = x >= 0 ? x : slope * x;

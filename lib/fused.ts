@@ -253,6 +253,9 @@ export function fusedAttentionGrad(
  * Mean cross-entropy of `logits` `[rows, vocab]` against int32 `targets` `[rows]` over the rows whose target
  * lies in `0 … vocab − 1` (others, such as −1, are left out of sum and count); with `gradient`, also the
  * gradient of that mean with respect to the logits, `(softmax − onehot) · kept / count`. Loss 0 when no row counts.
+ * float32 `targets` `[rows, vocab]` are distributions instead (one-hot or smoothed): every row counts, the loss is
+ * the mean of `log Σⱼ e^zⱼ − Σⱼ tⱼ·zⱼ` and the gradient `(softmax − t) / rows`, as `softmaxCrossEntropy` in
+ * `ops.ts` computes them.
  *
  * @example
  * ```ts
@@ -407,8 +410,12 @@ const GELU_TABLE = (() => {
   }
   [cdf[0], pdf[0], cdf[GELU_POINTS - 1], pdf[GELU_POINTS - 1]] = [0, 0, 1, 0];
   // The Hermite cubic through (0, y₀) and (1, y₁) with slopes m₀, m₁ (per unit of u = (x − xⱼ)/h), as powers of u.
-  const cubic = (y0: number, y1: number, m0: number, m1: number) =>
-    [y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1];
+  const cubic = (
+    y0: number,
+    y1: number,
+    m0: number,
+    m1: number,
+  ) => [y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1];
   const table = new Float64Array(8 * GELU_POINTS);
   for (let j = 0; j + 1 < GELU_POINTS; j++) {
     const x0 = GELU_LO + j * GELU_H, x1 = x0 + GELU_H;
@@ -591,7 +598,10 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
 function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
   const { logits, targets } = args.inputs;
   checkFloat("LoraCrossEntropy", { logits });
-  if (targets.dtype !== "int32") throw new TypeError(`LoraCrossEntropy: targets must be int32; got ${targets.dtype}.`);
+  if (targets.dtype === "float32") return denseCrossEntropy(args);
+  if (targets.dtype !== "int32") {
+    throw new TypeError(`LoraCrossEntropy: targets must be int32 ids or float32 distributions; got ${targets.dtype}.`);
+  }
   const [rows, vocab] = logits.shape;
   const heap = heapOf(args.backend);
   const loss = heap.makeOutput([]), grad = args.attrs.gradient === true ? heap.makeOutput(logits.shape) : null;
@@ -626,6 +636,32 @@ function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
       f[g + t] -= scale;
     }
   }
+  return grad === null ? [loss] : [loss, grad];
+}
+
+function denseCrossEntropy(args: KernelArgs): KernelTensor[] {
+  const { logits, targets } = args.inputs;
+  const [rows, vocab] = logits.shape;
+  const heap = heapOf(args.backend);
+  const loss = heap.makeOutput([]), grad = args.attrs.gradient === true ? heap.makeOutput(logits.shape) : null;
+  const f = heap.floats(), iz = heap.index(logits), it = heap.index(targets);
+  const ig = grad === null ? -1 : heap.index(grad), scale = 1 / rows;
+  let total = 0;
+  for (let r = 0; r < rows; r++) {
+    const o = iz + r * vocab, t = it + r * vocab;
+    let max = -Infinity;
+    for (let j = 0; j < vocab; j++) if (f[o + j] > max) max = f[o + j];
+    let sum = 0, dot = 0;
+    for (let j = 0; j < vocab; j++) {
+      sum += expNonPositive(f[o + j] - max);
+      dot += f[t + j] * (f[o + j] - max);
+    }
+    total += Math.log(sum) - dot;
+    if (ig < 0) continue;
+    const g = ig + r * vocab, norm = scale / sum;
+    for (let j = 0; j < vocab; j++) f[g + j] = expNonPositive(f[o + j] - max) * norm - f[t + j] * scale;
+  }
+  f[heap.index(loss)] = total * scale;
   return grad === null ? [loss] : [loss, grad];
 }
 

@@ -9,7 +9,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { freezeBase, Module } from "./module.ts";
-import { matMul } from "./ops.ts";
+import { linear } from "./ops.ts";
 import { tfSeed } from "./tfjs_internals.ts";
 
 /** Options for a new {@linkcode Linear} layer. */
@@ -134,10 +134,7 @@ export class Linear extends Module implements BaseLayer {
   /** `x·W + b` over the last axis of `x`. */
   apply<T extends tf.Tensor>(x: T): T {
     checkInput(this, x, this.inFeatures);
-    return tf.tidy(() => {
-      const y = matMul(x, this.weight);
-      return this.bias === null ? y : tf.add(y, this.bias);
-    });
+    return linear(x, this.weight, this.bias);
   }
 
   /** `false`: assigning a float32 weight is exact. */

@@ -13,6 +13,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { blasInUse } from "./blas.ts";
+import { fusedCrossEntropy, fusedInUse } from "./fused.ts";
 import { requiresGrad } from "./tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -44,6 +45,14 @@ export function softmaxCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor2D): 
       `softmaxCrossEntropy: logits and targets must both have shape [batch, classes]; got ` +
         `[${logits.shape}] and [${targets.shape}].`,
     );
+  }
+  if (fusedInUse()) {
+    // One kernel forward (loss and, when needed, the gradient), one backward (the gradient times dy).
+    return customOp<tf.Scalar>([logits], ([z], needs, save) => {
+      const { loss, grad } = fusedCrossEntropy(z, targets, needs[0]);
+      if (grad !== null) save([grad]);
+      return { value: loss, backward: (dy, [grad]) => [tf.mul(grad, dy)] };
+    });
   }
   // One custom-gradient node instead of tfjs's op-by-op differentiation of its loss: the backward pass is
   // three kernels, and the forward kernels inside a custom op are not recorded on the tape at all.
@@ -157,3 +166,129 @@ const bothGrads = customGrad((a: tf.Tensor2D, b: tf.Tensor2D, save: Save): Grad 
     ],
   };
 });
+
+/** What the forward pass of a {@linkcode customOp} returns. */
+export interface Forward<T extends tf.Tensor> {
+  /** The op's output. */
+  value: T;
+  /** The inputs' gradients from the output's, in input order (`null` where none is needed); called only when one is. */
+  backward: (dy: T, saved: tf.Tensor[]) => (tf.Tensor | null)[];
+}
+
+/**
+ * Runs `forward` as one node of the gradient tape whose inputs are only those of `inputs` that need a gradient
+ * (`requiresGrad`; the others enter as constants); outside a gradient, or when no input needs one, it is a plain
+ * tidy computation. `forward` learns which inputs need a gradient (`needs`) and must `save` every tensor its
+ * backward pass reads. The backward pass runs in its own tidy: tfjs runs a custom gradient outside the per-node
+ * scope its own gradients get, so without it every temporary of every backward pass would live until the whole
+ * backward pass ends. The operations of `gpt/ops.ts` and `hf/ops.ts` are built on it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { customOp } from "./ops.ts";
+ * // y = x², with dy/dx = 2x written by hand
+ * const square = (x: tf.Tensor) =>
+ *   customOp([x], ([x], _needs, save) => {
+ *     save([x]);
+ *     return { value: tf.square(x), backward: (dy, [x]) => [tf.mul(dy, tf.mul(x, 2))] };
+ *   });
+ * const dx = tf.grad(square)(tf.tensor1d([3]));
+ * assert.deepEqual(Array.from(dx.dataSync()), [6]);
+ * ```
+ */
+export function customOp<T extends tf.Tensor>(
+  inputs: tf.Tensor[],
+  forward: (inputs: tf.Tensor[], needs: boolean[], save: Save) => Forward<T>,
+): T {
+  const needs = inputs.map((t) => requiresGrad(t));
+  const active = needs.flatMap((need, i) => (need ? [i] : []));
+  if (active.length === 0) return tf.tidy(() => forward(inputs, needs, () => {}).value);
+  const op = tf.customGrad(
+    ((...args: unknown[]) => {
+      const save = args.pop() as Save;
+      const all = [...inputs];
+      active.forEach((k, j) => (all[k] = args[j] as tf.Tensor));
+      const { value, backward } = forward(all, needs, save);
+      return {
+        value,
+        gradFunc: (dy: T, saved: tf.Tensor[]) =>
+          tf.tidy(() => {
+            const grads = backward(dy, saved);
+            return active.map((k) => grads[k]!);
+          }),
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0],
+  );
+  return (op as unknown as (...x: tf.Tensor[]) => T)(...active.map((k) => inputs[k]));
+}
+
+/**
+ * The sum of the rows of `x` (`[rows, n]` → `[n]`), as an average pool over all rows times their number:
+ * tfjs's `tf.sum(x, 0)` transposes `x` first, which wasm does slowly, and a product with a row of ones
+ * makes XNNPACK repack `x`; the pool reads `x` as it lies, several times faster than `tf.sum` for 1,024 rows. With
+ * BLAS products (`blas.ts`), `tf.sum` itself runs as one BLAS product with a vector of ones, and is used.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import { sumRows } from "./ops.ts";
+ * sumRows(tf.tensor2d([[1, 2], [3, 4]])).print(); // [4, 6]
+ * ```
+ */
+export function sumRows(x: tf.Tensor2D): tf.Tensor1D {
+  const [rows, width] = x.shape;
+  if (blasInUse()) return tf.sum(x, 0);
+  return tf.tidy(() => {
+    const mean = tf.avgPool(tf.reshape(x, [1, rows, 1, width]) as tf.Tensor4D, [rows, 1], 1, "valid");
+    return tf.reshape(tf.mul(mean, rows), [width]);
+  });
+}
+
+/**
+ * `x·W + b` over the last axis of `x`, what a `Linear` layer computes. With the fused kernels in use (`fused.ts`)
+ * it is one node: forward one product that starts from the bias (with BLAS; a product and an addition
+ * without), backward only the gradients needed, `dx = dy·Wᵀ`, `dW = xᵀ·dy`, `db = Σ_rows dy`. Otherwise, or without a bias, it is {@linkcode matMul}
+ * followed by `tf.add`, differentiated by tfjs.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { linear } from "./ops.ts";
+ * const y = linear(tf.tensor2d([[1, 2]]), tf.tensor2d([[1], [1]]), tf.tensor1d([10]));
+ * assert.deepEqual(Array.from(y.dataSync()), [13]);
+ * ```
+ */
+export function linear<T extends tf.Tensor>(x: T, weight: tf.Tensor2D, bias: tf.Tensor1D | null): T {
+  const [k, n] = weight.shape;
+  if (bias !== null && bias.size !== n) {
+    throw new RangeError(`linear: the bias has ${bias.size} values; expected ${n}, one per output column.`);
+  }
+  if (bias === null) return matMul(x, weight);
+  if (!fusedInUse() || x.rank < 2 || x.shape[x.rank - 1] !== k) return tf.tidy(() => tf.add(matMul(x, weight), bias));
+  return customOp<T>([x, weight, bias], ([x, w, b], needs, save) => {
+    const flat = tf.reshape(x, [-1, k]) as tf.Tensor2D;
+    save([flat, w]);
+    // With BLAS, one kernel (`_FusedMatMul` of blas.ts, which takes 2-D operands); on wasm alone, its own two.
+    const y = blasInUse()
+      ? tf.engine().runKernel("_FusedMatMul", { a: flat, b: w, bias: b }, {
+        transposeA: false,
+        transposeB: false,
+        activation: "linear",
+      }) as tf.Tensor
+      : tf.add(tf.matMul(flat, w as tf.Tensor2D), b);
+    return {
+      value: tf.reshape(y, [...x.shape.slice(0, -1), n]) as T,
+      backward: (dy, [flat, w]) => {
+        const rows = tf.reshape(dy, [-1, n]) as tf.Tensor2D;
+        return [
+          needs[0] ? tf.reshape(timesTransposed(rows, w as tf.Tensor2D), x.shape) : null,
+          needs[1] ? transposedTimes(flat as tf.Tensor2D, rows) : null,
+          needs[2] ? sumRows(rows) : null,
+        ];
+      },
+    };
+  });
+}

@@ -239,7 +239,7 @@ export class Adam extends tf.Optimizer {
     const { variable } = state;
     // The new value gets a fresh buffer from the backend: other tensors may share the old one (clone() shares
     // buffers), and wasm caches each matMul weight, packed, by buffer, so it must never change in place.
-    const value = tf.zerosLike(variable);
+    const value = host.empty(variable.shape);
     // Views are taken after that allocation, which may grow (and so move) the wasm heap.
     const next = host.view(value), p = host.view(variable), g = host.view(grad);
     const m = host.view(state.m), v = host.view(state.v);

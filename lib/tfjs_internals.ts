@@ -149,6 +149,8 @@ export function tfSeed(seed: number): number {
 export interface HostMemory {
   /** A writable view of `t`'s values; take a fresh one after any allocation (wasm's heap may move). */
   view(t: tf.Tensor): Float32Array;
+  /** A new float32 tensor of `shape` for a loop to fill: unwritten on wasm (no pass of zeros), zeros on cpu. */
+  empty(shape: number[]): tf.Tensor;
 }
 
 /**
@@ -170,11 +172,15 @@ export function hostMemory(backend: object = tf.backend(), name: string = tf.get
   const b = backend as {
     typedArrayFromHeap?: (info: { shape: number[]; dtype: string; dataId: object }) => Float32Array;
     data?: { get?: (dataId: object) => { values?: unknown } | undefined };
+    makeOutput?: (shape: number[], dtype: string) => tf.TensorInfo;
   };
-  if (name === "wasm" && typeof b.typedArrayFromHeap === "function") {
-    const fromHeap = b.typedArrayFromHeap.bind(b);
+  if (name === "wasm" && typeof b.typedArrayFromHeap === "function" && typeof b.makeOutput === "function") {
+    const fromHeap = b.typedArrayFromHeap.bind(b), makeOutput = b.makeOutput.bind(b);
     // A fresh view each time: the heap's ArrayBuffer is replaced whenever wasm memory grows.
-    return { view: (t) => fromHeap(t) };
+    return {
+      view: (t) => fromHeap(t),
+      empty: (shape) => tf.engine().makeTensorFromTensorInfo(makeOutput(shape, "float32")),
+    };
   }
   if (name === "cpu" && typeof b.data?.get === "function") {
     const data = b.data;
@@ -184,6 +190,7 @@ export function hostMemory(backend: object = tf.backend(), name: string = tf.get
         if (!(values instanceof Float32Array)) throw new Error("hostMemory: the cpu backend holds no float32 array");
         return values;
       },
+      empty: (shape) => tf.zeros(shape),
     };
   }
   return null;

@@ -6,6 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { adam, addLoRA, GPT, initBackend, languageModelStep, trainableVariables } from "../lib/mod.ts";
+import { linear, softmaxCrossEntropy } from "../lib/ops.ts";
 import { causalAttention, causalMask, gelu, layerNorm, sequenceCrossEntropy } from "../lib/gpt/mod.ts";
 import { disableFused, enableFused, fusedAttentionInUse, fusedInUse } from "../lib/fused.ts";
 import { assert, assertEquals, assertNoLeak, maxAbsDiff } from "./assert.ts";
@@ -199,4 +200,32 @@ Deno.test("LORA_FUSED=off and { fused: false } turn the fused kernels off; a bad
   }
   await initBackend("wasm", { quiet: true });
   assert.equal(fusedInUse(), true);
+});
+
+Deno.test("softmax cross-entropy against distributions (the perceptron's loss): loss and gradient match", async () => {
+  const logits = normal([6, 10], 12, 5);
+  const labels = tf.oneHot(tf.tensor1d([0, 3, 9, 9, 2, 5], "int32"), 10).toFloat() as tf.Tensor2D;
+  const smoothed = tf.tidy(() => tf.add(tf.mul(labels, 0.9), 0.01)) as tf.Tensor2D;
+  await assertNoLeak(() => {
+    for (const [name, t] of [["one-hot", labels], ["smoothed", smoothed]] as const) {
+      const { fused, readable } = bothWays(() =>
+        valueAndGrads(([z]) => softmaxCrossEntropy(z as tf.Tensor2D, t), [logits], [true])
+      );
+      compare(`softmax cross-entropy, ${name}`, fused, readable, 2e-6);
+    }
+  });
+  tf.dispose([logits, labels, smoothed]);
+});
+
+Deno.test("a Linear layer: one node fused, the same values and gradients as the product and tf.add", async () => {
+  const x = normal([2, 5, 12], 13), weight = normal([12, 7], 14), bias = normal([7], 15);
+  for (const trainable of [[true, true, true], [false, true, true], [true, false, false]]) {
+    await assertNoLeak(() => {
+      const { fused, readable } = bothWays(() =>
+        valueAndGrads(([x, w, b]) => linear(x, w as tf.Tensor2D, b as tf.Tensor1D), [x, weight, bias], trainable)
+      );
+      compare(`linear, trainable ${trainable}`, fused, readable, 1e-6);
+    });
+  }
+  tf.dispose([x, weight, bias]);
 });

@@ -31,70 +31,9 @@ import {
   fusedLayerNorm,
   fusedLayerNormGrad,
 } from "../fused.ts";
-import { requiresGrad } from "../tfjs_internals.ts";
+import { customOp, sumRows } from "../ops.ts";
 
-type Save = (tensors: tf.Tensor[]) => void;
-
-/** What the forward pass of a custom op returns. */
-interface Forward<T extends tf.Tensor> {
-  /** The op's output. */
-  value: T;
-  /** The inputs' gradients from the output's, in input order; called only when one is needed. */
-  backward: (dy: T, saved: tf.Tensor[]) => (tf.Tensor | null)[];
-}
-
-/**
- * Runs `forward` as one node of the gradient tape whose inputs are only those of `inputs` that need a
- * gradient (the others enter as constants); outside a gradient it is a plain tidy computation. `forward`
- * learns which inputs need a gradient, and must `save` every tensor its backward pass reads.
- */
-function customOp<T extends tf.Tensor>(
-  inputs: tf.Tensor[],
-  forward: (inputs: tf.Tensor[], needs: boolean[], save: Save) => Forward<T>,
-): T {
-  const needs = inputs.map((t) => requiresGrad(t));
-  const active = needs.flatMap((need, i) => (need ? [i] : []));
-  if (active.length === 0) return tf.tidy(() => forward(inputs, needs, () => {}).value);
-  const op = tf.customGrad(
-    ((...args: unknown[]) => {
-      const save = args.pop() as Save;
-      const all = [...inputs];
-      active.forEach((k, j) => (all[k] = args[j] as tf.Tensor));
-      const { value, backward } = forward(all, needs, save);
-      return {
-        value,
-        gradFunc: (dy: T, saved: tf.Tensor[]) => {
-          const grads = backward(dy, saved);
-          return active.map((k) => grads[k]!);
-        },
-      };
-    }) as unknown as Parameters<typeof tf.customGrad>[0],
-  );
-  return (op as unknown as (...x: tf.Tensor[]) => T)(...active.map((k) => inputs[k]));
-}
-
-/**
- * The sum of the rows of `x` (`[rows, n]` → `[n]`), as an average pool over all rows times their number:
- * tfjs's `tf.sum(x, 0)` transposes `x` first, which wasm does slowly, and a product with a row of ones
- * makes XNNPACK repack `x`; the pool reads `x` as it lies, several times faster than `tf.sum` for 1,024 rows. With
- * BLAS products (`../blas.ts`), `tf.sum` itself runs as one BLAS product with a vector of ones, and is used.
- *
- * @example
- * ```ts
- * import * as tf from "@tensorflow/tfjs";
- * import { sumRows } from "./ops.ts";
- * sumRows(tf.tensor2d([[1, 2], [3, 4]])).print(); // [4, 6]
- * ```
- */
-export function sumRows(x: tf.Tensor2D): tf.Tensor1D {
-  const [rows, width] = x.shape;
-  // With BLAS (../blas.ts) a sum over the rows is one product with a vector of ones, faster still.
-  if (blasInUse()) return tf.sum(x, 0);
-  return tf.tidy(() => {
-    const mean = tf.avgPool(tf.reshape(x, [1, rows, 1, width]) as tf.Tensor4D, [rows, 1], 1, "valid");
-    return tf.reshape(tf.mul(mean, rows), [width]);
-  });
-}
+export { sumRows };
 
 /**
  * Layer normalisation over the last axis, PyTorch's `nn.LayerNorm`: `(x − mean) / sqrt(var + ε) · weight +

@@ -7,47 +7,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { requiresGrad } from "../tfjs_internals.ts";
-import { sumRows } from "../gpt/ops.ts";
-
-type Save = (tensors: tf.Tensor[]) => void;
-
-interface Forward<T extends tf.Tensor> {
-  value: T;
-  backward: (dy: T, saved: tf.Tensor[]) => (tf.Tensor | null)[];
-}
-
-/**
- * One node of the gradient tape over those `inputs` that need a gradient (the others are constants); a
- * plain tidy computation when none does. The same helper as in `../gpt/ops.ts`, which keeps its own private.
- */
-function customOp<T extends tf.Tensor>(
-  inputs: tf.Tensor[],
-  forward: (inputs: tf.Tensor[], needs: boolean[], save: Save) => Forward<T>,
-): T {
-  const needs = inputs.map((t) => requiresGrad(t));
-  const active = needs.flatMap((need, i) => (need ? [i] : []));
-  if (active.length === 0) return tf.tidy(() => forward(inputs, needs, () => {}).value);
-  const op = tf.customGrad(
-    ((...args: unknown[]) => {
-      const save = args.pop() as Save;
-      const all = [...inputs];
-      active.forEach((k, j) => (all[k] = args[j] as tf.Tensor));
-      const { value, backward } = forward(all, needs, save);
-      return {
-        value,
-        // tfjs runs a custom gradient outside the per-node scope its own gradients get, so without this
-        // tidy every temporary of every backward pass would live until the whole backward pass ends.
-        gradFunc: (dy: T, saved: tf.Tensor[]) =>
-          tf.tidy(() => {
-            const grads = backward(dy, saved);
-            return active.map((k) => grads[k]!);
-          }),
-      };
-    }) as unknown as Parameters<typeof tf.customGrad>[0],
-  );
-  return (op as unknown as (...x: tf.Tensor[]) => T)(...active.map((k) => inputs[k]));
-}
+import { customOp, sumRows } from "../ops.ts";
 
 /**
  * Root-mean-square normalisation over the last axis, Llama's `LlamaRMSNorm`: `x / sqrt(mean(x²) + ε) · weight`
