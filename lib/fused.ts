@@ -277,6 +277,34 @@ export function fusedCrossEntropy(
   return { loss: loss as tf.Scalar, grad: grad ?? null };
 }
 
+/**
+ * `α·op(a)·op(b) + c` for matrices `a`, `b` (and `c` of the result's shape, or none) as one BLAS product that
+ * starts from `c`: the sums a LoRA layer needs (`x·W + s·(x·A)·B`, and backward `dy·Wᵀ + (s·dy·Bᵀ)·Aᵀ`) without a
+ * separate scaling or addition. Requires {@linkcode fusedAttentionInUse} (BLAS).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { initBackend } from "./backend.ts";
+ * import { fusedAttentionInUse, fusedProduct } from "./fused.ts";
+ * await initBackend("wasm");
+ * if (fusedAttentionInUse()) {
+ *   const y = fusedProduct(tf.tensor2d([[1, 2]]), tf.tensor2d([[3], [4]]), { alpha: 2, c: tf.tensor2d([[1]]) });
+ *   assert.deepEqual(Array.from(y.dataSync()), [23]); // 2·11 + 1
+ * }
+ * ```
+ */
+export function fusedProduct(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  options: { transposeA?: boolean; transposeB?: boolean; alpha?: number; c?: tf.Tensor } = {},
+): tf.Tensor {
+  const { transposeA = false, transposeB = false, alpha = 1, c } = options;
+  const [out] = run("LoraGemm", c === undefined ? { a, b } : { a, b, c }, { transposeA, transposeB, alpha });
+  return out;
+}
+
 // --- the kernels -----------------------------------------------------------------------------------------------------
 
 interface KernelArgs {
@@ -595,6 +623,44 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
   return dq === null ? [dv] : [dv, dq, dk!];
 }
 
+function gemmKernel(args: KernelArgs): KernelTensor[] {
+  const { a, b, c } = args.inputs;
+  checkFloat("LoraGemm", c === undefined ? { a, b } : { a, b, c });
+  const ta = args.attrs.transposeA === true, tb = args.attrs.transposeB === true, alpha = args.attrs.alpha as number;
+  if (a.shape.length !== 2 || b.shape.length !== 2) {
+    throw new RangeError(`LoraGemm: expected two matrices; got [${a.shape}] and [${b.shape}].`);
+  }
+  const [m, k] = ta ? [a.shape[1], a.shape[0]] : a.shape, [kb, n] = tb ? [b.shape[1], b.shape[0]] : b.shape;
+  if (k !== kb || (c !== undefined && (c.shape.length !== 2 || c.shape[0] !== m || c.shape[1] !== n))) {
+    throw new RangeError(`LoraGemm: shapes [${a.shape}], [${b.shape}]${c ? `, [${c.shape}]` : ""} do not fit.`);
+  }
+  const gemm = blasGemm();
+  if (gemm === null) throw new Error("LoraGemm: needs BLAS products (blas.ts), which are not in use");
+  const heap = heapOf(args.backend), out = heap.makeOutput([m, n]);
+  const f = heap.floats(), io = heap.index(out);
+  if (c !== undefined) f.copyWithin(io, heap.index(c), heap.index(c) + m * n);
+  else if (k === 0) f.fill(0, io, io + m * n);
+  if (m * n > 0 && k > 0) {
+    const ia = heap.index(a), ib = heap.index(b);
+    gemm(
+      ta,
+      tb,
+      m,
+      n,
+      k,
+      alpha,
+      f.subarray(ia),
+      ta ? m : k,
+      f.subarray(ib),
+      tb ? k : n,
+      c === undefined ? 0 : 1,
+      f.subarray(io),
+      n,
+    );
+  }
+  return [out];
+}
+
 function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
   const { logits, targets } = args.inputs;
   checkFloat("LoraCrossEntropy", { logits });
@@ -672,6 +738,7 @@ const KERNELS: [string, (args: KernelArgs) => KernelTensor[]][] = [
   ["LoraAttention", attentionKernel],
   ["LoraAttentionGrad", attentionGradKernel],
   ["LoraCrossEntropy", crossEntropyKernel],
+  ["LoraGemm", gemmKernel],
 ];
 for (const [kernelName, kernelFunc] of KERNELS) {
   if (tf.getKernel(kernelName, "wasm") === undefined) {

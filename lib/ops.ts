@@ -13,7 +13,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { blasInUse } from "./blas.ts";
-import { fusedCrossEntropy, fusedInUse } from "./fused.ts";
+import { fusedAttentionInUse, fusedCrossEntropy, fusedInUse, fusedProduct } from "./fused.ts";
 import { requiresGrad } from "./tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -287,6 +287,85 @@ export function linear<T extends tf.Tensor>(x: T, weight: tf.Tensor2D, bias: tf.
           needs[0] ? tf.reshape(timesTransposed(rows, w as tf.Tensor2D), x.shape) : null,
           needs[1] ? transposedTimes(flat as tf.Tensor2D, rows) : null,
           needs[2] ? sumRows(rows) : null,
+        ];
+      },
+    };
+  });
+}
+
+/**
+ * Whether {@linkcode loraLinear} can run as one node now: the fused kernels and BLAS are in use.
+ *
+ * @example
+ * ```ts
+ * import { loraLinearFused } from "./ops.ts";
+ * console.log(typeof loraLinearFused()); // "boolean"
+ * ```
+ */
+export function loraLinearFused(): boolean {
+  return fusedAttentionInUse();
+}
+
+/**
+ * A `Linear` layer with a LoRA update as one node of the tape, `x·W + b + s·(x·A)·B`: forward the base product with
+ * its bias, `x·A`, and one product that adds `s·(x·A)·B` to the base output; backward `s·dy·Bᵀ` once, from which
+ * `dA = xᵀ·(s·dy·Bᵀ)` and `dx = dy·Wᵀ + (s·dy·Bᵀ)·Aᵀ` (one product accumulating onto the other), `dB = s·(x·A)ᵀ·dy`,
+ * and `dW`, `db` only if the base is trainable. What `LinearWithLoRA` computes as `linear(x) + lora(x)` in about
+ * half the kernels. Requires {@linkcode loraLinearFused}; the adapters' kinds use it when it holds.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { initBackend } from "./backend.ts";
+ * import { loraLinear, loraLinearFused } from "./ops.ts";
+ * await initBackend("wasm");
+ * if (loraLinearFused()) {
+ *   const x = tf.tensor2d([[1, 2]]), w = tf.tensor2d([[1], [1]]);
+ *   const y = loraLinear(x, w, tf.tensor1d([10]), tf.tensor2d([[1], [0]]), tf.tensor2d([[1]]), 0.5);
+ *   assert.deepEqual(Array.from(y.dataSync()), [13.5]); // 1 + 2 + 10, plus 0.5 · 1 · 1
+ * }
+ * ```
+ */
+export function loraLinear<T extends tf.Tensor>(
+  x: T,
+  weight: tf.Tensor2D,
+  bias: tf.Tensor1D | null,
+  a: tf.Tensor2D,
+  b: tf.Tensor2D,
+  scaling: number,
+): T {
+  if (!loraLinearFused()) throw new Error("loraLinear: needs the fused kernels and BLAS (see loraLinearFused).");
+  const [k, n] = weight.shape, rank = a.shape[1];
+  if (x.shape[x.rank - 1] !== k || a.shape[0] !== k || b.shape[0] !== rank || b.shape[1] !== n) {
+    throw new RangeError(
+      `loraLinear: expected x [..., ${k}], A [${k}, r], B [r, ${n}]; got [${x.shape}], [${a.shape}], [${b.shape}].`,
+    );
+  }
+  const inputs = bias === null ? [x, weight, a, b] : [x, weight, a, b, bias];
+  return customOp<T>(inputs, ([x, w, a, b, bias], needs, save) => {
+    const flat = tf.reshape(x, [-1, k]) as tf.Tensor2D;
+    const base = bias === undefined ? tf.matMul(flat, w as tf.Tensor2D) : tf.engine().runKernel("_FusedMatMul", {
+      a: flat,
+      b: w,
+      bias,
+    }, { transposeA: false, transposeB: false, activation: "linear" }) as tf.Tensor;
+    const xa = tf.matMul(flat, a as tf.Tensor2D);
+    save([flat, w, a, b, xa]);
+    return {
+      value: tf.reshape(fusedProduct(xa, b, { alpha: scaling, c: base }), [...x.shape.slice(0, -1), n]) as T,
+      backward: (dy, [flat, w, a, b, xa]) => {
+        const rows = tf.reshape(dy, [-1, n]);
+        const dxa = fusedProduct(rows, b, { transposeB: true, alpha: scaling }); // s·dy·Bᵀ
+        const dx = needs[0]
+          ? tf.reshape(fusedProduct(dxa, a, { transposeB: true, c: tf.matMul(rows, w, false, true) }), x.shape)
+          : null;
+        return [
+          dx,
+          needs[1] ? tf.matMul(flat, rows, true, false) : null,
+          needs[2] ? fusedProduct(flat, dxa, { transposeA: true }) : null,
+          needs[3] ? fusedProduct(xa, rows, { transposeA: true, alpha: scaling }) : null,
+          needs[4] ? sumRows(rows as tf.Tensor2D) : null,
         ];
       },
     };

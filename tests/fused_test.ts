@@ -6,7 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { adam, addLoRA, GPT, initBackend, languageModelStep, trainableVariables } from "../lib/mod.ts";
-import { linear, softmaxCrossEntropy } from "../lib/ops.ts";
+import { linear, loraLinear, softmaxCrossEntropy } from "../lib/ops.ts";
 import { causalAttention, causalMask, gelu, layerNorm, sequenceCrossEntropy } from "../lib/gpt/mod.ts";
 import { disableFused, enableFused, fusedAttentionInUse, fusedInUse } from "../lib/fused.ts";
 import { assert, assertEquals, assertNoLeak, maxAbsDiff } from "./assert.ts";
@@ -228,4 +228,34 @@ Deno.test("a Linear layer: one node fused, the same values and gradients as the 
     });
   }
   tf.dispose([x, weight, bias]);
+});
+
+Deno.test({
+  name: "a Linear layer with LoRA as one node: values and every gradient match linear(x) + lora(x)",
+  ignore: !blas,
+  fn: async () => {
+    const x = normal([2, 5, 12], 16), weight = normal([12, 7], 17), bias = normal([7], 18);
+    const a = normal([12, 3], 19), b = normal([3, 7], 20);
+    const readable = ([x, w, a, b, bias]: tf.Tensor[]) =>
+      tf.add(
+        linear(x, w as tf.Tensor2D, bias as tf.Tensor1D),
+        tf.mul(tf.matMul(tf.matMul(tf.reshape(x, [-1, 12]), a), b).reshape([2, 5, 7]), 0.75),
+      );
+    const fused = ([x, w, a, b, bias]: tf.Tensor[]) =>
+      loraLinear(x, w as tf.Tensor2D, bias as tf.Tensor1D, a as tf.Tensor2D, b as tf.Tensor2D, 0.75);
+    // [x, W, A, B, b]: LoRA on a frozen base inside a network; the first layer (x is data); everything trainable
+    const cases = [[true, false, true, true, false], [false, false, true, true, false], [true, true, true, true, true]];
+    for (const trainable of cases) {
+      await assertNoLeak(() => {
+        const inputs = [x, weight, a, b, bias];
+        compare(
+          `loraLinear, trainable ${trainable}`,
+          valueAndGrads(fused, inputs, trainable),
+          valueAndGrads(readable, inputs, trainable),
+          1e-5,
+        );
+      });
+    }
+    tf.dispose([x, weight, bias, a, b]);
+  },
 });

@@ -6,7 +6,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { BaseLayer } from "../layers.ts";
+import { type BaseLayer, Linear } from "../layers.ts";
+import { loraLinear, loraLinearFused } from "../ops.ts";
 import { createLoRALayer, LoRALayer, type LoRAOptions, loraScaling } from "../lora.ts";
 import type { Module } from "../module.ts";
 import type { StoredTensor } from "../safetensors.ts";
@@ -55,7 +56,11 @@ export const loraKind: AdapterKind<LoRALayer> = {
       (target, k) => createLoRALayer(target.base, spec.rank, requireAlpha(spec), withSeed(options, spec.seed, k)),
     );
   },
-  forward: (lora, base, x) => tf.tidy(() => tf.add(base.apply(x), lora.apply(x))),
+  // One node when the fused kernels and BLAS are in use, for a plain Linear base and a plain LoRA layer.
+  forward: (lora, base, x) =>
+    loraLinearFused() && (base.constructor as unknown) === Linear && (lora.constructor as unknown) === LoRALayer
+      ? loraLinear(x, base.weight, base.bias, lora.A, lora.B, lora.scaling)
+      : tf.tidy(() => tf.add(base.apply(x), lora.apply(x))),
   delta: (lora, _base, x) => lora.apply(x),
   deltaWeight: (lora) => lora.deltaWeight(),
   merge(lora, base) {
