@@ -91,6 +91,11 @@ const SYMBOLS = {
     parameters: ["i32", "i32", "i32", "i32", "f32", "buffer", "i32", "buffer", "i32", "f32", "buffer", "i32"],
     result: "void",
   },
+  cblas_sger: {
+    // order, M, N, alpha, X, incX, Y, incY, A, lda
+    parameters: ["i32", "i32", "i32", "f32", "buffer", "i32", "buffer", "i32", "buffer", "i32"],
+    result: "void",
+  },
   openblas_set_num_threads: { parameters: ["i32"], result: "void", optional: true },
   openblas_get_num_threads: { parameters: [], result: "i32", optional: true },
 } as const;
@@ -394,10 +399,10 @@ const size = (shape: number[]) => shape.reduce((n, d) => n * d, 1);
 
 /**
  * `C = op(A)·op(B)` for every entry of the batch axes (broadcast as NumPy does), on the heap, into a new output.
- * With `bias` (a float32 tensor of one value, or one per column), it is added to every row afterwards, in one
- * tight pass: the same float32 roundings as a product followed by `tf.add` (BLAS's `β = 1` on rows that start as
- * the bias would round differently wherever OpenBLAS splits the inner axis into blocks), so a layer computed
- * either way gives the same bits.
+ * With `bias` (a float32 tensor of one value, or one per column), it is added to every row afterwards as a rank-one
+ * update (`cblas_sger` with a vector of ones): the same float32 roundings as a product followed by `tf.add` (BLAS's
+ * `β = 1` on rows that start as the bias would round differently wherever OpenBLAS splits the inner axis into
+ * blocks), so a layer computed either way gives the same bits.
  */
 function product(
   heap: WasmHeap,
@@ -428,11 +433,11 @@ function product(
   if (k === 0) floats.fill(0, ic, ic + batch * m * n);
   else gemmAll(floats, ia, ib, ic, m, n, k, batch, batchA, batchB, outerA, outerB, outer, transposeA, transposeB);
   if (bias !== undefined) {
-    const start = heap.index(bias), one = size(bias.shape) === 1;
-    for (let at = ic; at < ic + batch * m * n; at += n) {
-      if (one) { for (let j = 0; j < n; j++) floats[at + j] += floats[start]; }
-      else for (let j = 0; j < n; j++) floats[at + j] += floats[start + j];
-    }
+    // C += 1·biasᵀ over all rows, a rank-one update (cblas_sger): each value gets exactly `+ bias[j]`.
+    const rows = batch * m, start = heap.index(bias);
+    if (ones.length < rows) ones = new Float32Array(Math.max(rows, 2 * ones.length)).fill(1);
+    const row = size(bias.shape) === 1 ? new Float32Array(n).fill(floats[start]) : floats.subarray(start, start + n);
+    lib!.handle.symbols.cblas_sger(ROW_MAJOR, rows, n, 1, ones, 1, row, 1, floats.subarray(ic, ic + rows * n), n);
   }
   return out;
 }
