@@ -22,14 +22,16 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { blasGemm } from "./blas.ts";
+import { type SimdLoops, simdLoops } from "./simd.ts";
 import { type KernelTensor, type WasmHeap, wasmHeap } from "./tfjs_internals.ts";
 
-let enabled = false;
+let enabled = false, simd = true;
 let originalIdentity: tf.KernelConfig | null = null;
 
 /**
  * Puts the fused kernels in use on the wasm backend (and the sharing `Identity`); safe to call more than once, and
- * before the backend starts.
+ * before the backend starts. GELU and layer normalisation run as the vector loops of `simd.wat` where the runtime
+ * has WebAssembly SIMD, and as JavaScript loops otherwise or with `simd: false` (the tests compare the two).
  *
  * @example
  * ```ts
@@ -40,7 +42,8 @@ let originalIdentity: tf.KernelConfig | null = null;
  * assert.equal(fusedInUse(), false);
  * ```
  */
-export function enableFused(): void {
+export function enableFused(options: { simd?: boolean } = {}): void {
+  simd = options.simd ?? true;
   const current = tf.getKernel("Identity", "wasm");
   if (current !== undefined && current.kernelFunc !== sharedIdentity) {
     originalIdentity = current;
@@ -340,6 +343,11 @@ function sharedIdentity(args: KernelArgs): KernelTensor {
   return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
 }
 
+/** The vector loops for `backend` when they are in use and `fits`; else null (the JavaScript loops run). */
+function vectorLoops(backend: object, fits: boolean): SimdLoops | null {
+  return simd && fits ? simdLoops(backend) : null;
+}
+
 function layerNormKernel(args: KernelArgs): KernelTensor[] {
   const { x, weight, bias } = args.inputs;
   checkFloat("LoraLayerNorm", { x, weight, bias });
@@ -347,6 +355,12 @@ function layerNormKernel(args: KernelArgs): KernelTensor[] {
   const epsilon = args.attrs.epsilon as number;
   const heap = heapOf(args.backend);
   const y = heap.makeOutput(x.shape), mean = heap.makeOutput([rows]), rstd = heap.makeOutput([rows]);
+  const loops = vectorLoops(args.backend, width % 4 === 0);
+  if (loops !== null) {
+    const at = (t: KernelTensor) => 4 * heap.index(t);
+    loops.layer_norm(at(x), at(weight), at(bias), at(y), at(mean), at(rstd), rows, width, epsilon);
+    return [y, mean, rstd];
+  }
   const f = heap.floats();
   const ix = heap.index(x), iw = heap.index(weight), ib = heap.index(bias), iy = heap.index(y);
   const im = heap.index(mean), ir = heap.index(rstd);
@@ -374,6 +388,12 @@ function layerNormGradKernel(args: KernelArgs): KernelTensor[] {
   const width = x.shape[x.shape.length - 1], rows = sizeOf(x.shape) / width;
   const heap = heapOf(args.backend);
   const dx = heap.makeOutput(x.shape), dw = heap.makeOutput([width]), db = heap.makeOutput([width]);
+  const loops = vectorLoops(args.backend, width % 4 === 0);
+  if (loops !== null) {
+    const at = (t: KernelTensor) => 4 * heap.index(t);
+    loops.layer_norm_grad(at(dy), at(x), at(mean), at(rstd), at(weight), at(dx), at(dw), at(db), rows, width);
+    return [dx, dw, db];
+  }
   const f = heap.floats();
   const idy = heap.index(dy), ix = heap.index(x), im = heap.index(mean), ir = heap.index(rstd);
   const iw = heap.index(weight), idx = heap.index(dx);
@@ -459,6 +479,12 @@ function geluKernel(args: KernelArgs): KernelTensor[] {
   const withDerivative = args.attrs.derivative === true;
   const heap = heapOf(args.backend), n = sizeOf(x.shape);
   const value = heap.makeOutput(x.shape), derivative = withDerivative ? heap.makeOutput(x.shape) : null;
+  const loops = vectorLoops(args.backend, n >= 4);
+  if (loops !== null) {
+    const at = (t: KernelTensor | null) => (t === null ? 0 : 4 * heap.index(t));
+    loops.gelu(at(x), at(value), at(derivative), derivative === null ? 0 : 1, n);
+    return derivative === null ? [value] : [value, derivative];
+  }
   const f = heap.floats(), ix = heap.index(x), iv = heap.index(value), c = GELU_TABLE;
   if (derivative === null) {
     for (let i = 0; i < n; i++) {

@@ -9,6 +9,7 @@ import { adam, addLoRA, GPT, initBackend, languageModelStep, trainableVariables 
 import { linear, loraLinear, softmaxCrossEntropy } from "../lib/ops.ts";
 import { causalAttention, causalMask, gelu, layerNorm, sequenceCrossEntropy } from "../lib/gpt/mod.ts";
 import { disableFused, enableFused, fusedAttentionInUse, fusedInUse } from "../lib/fused.ts";
+import { simdLoops } from "../lib/simd.ts";
 import { assert, assertEquals, assertNoLeak, maxAbsDiff } from "./assert.ts";
 
 await initBackend("wasm", { quiet: true });
@@ -16,9 +17,10 @@ const blas = fusedAttentionInUse();
 
 const normal = (shape: number[], seed: number, std = 1, mean = 0) => tf.randomNormal(shape, mean, std, "float32", seed);
 
-/** `f` with the fused kernels, then with the readable formulas; fused again afterwards. */
-function bothWays<T>(f: () => T): { fused: T; readable: T } {
-  enableFused();
+/** `f` with the fused kernels (their vector loops or, with `simd` false, their JavaScript loops), then with the
+ * readable formulas; fused again afterwards. */
+function bothWays<T>(f: () => T, simd = true): { fused: T; readable: T } {
+  enableFused({ simd });
   assert.ok(fusedInUse());
   const fused = f();
   disableFused();
@@ -61,32 +63,55 @@ function compare(what: string, fused: tf.Tensor[], readable: tf.Tensor[], tolera
   tf.dispose([...fused, ...readable]);
 }
 
-Deno.test("layer normalisation: values and the gradients of x, weight and bias match the formulas", async () => {
-  const x = normal([3, 5, 16], 1, 3, 2), weight = normal([16], 2, 1, 1), bias = normal([16], 3);
-  for (const trainable of [[true, true, true], [true, false, false], [false, true, true]]) {
-    await assertNoLeak(() => {
-      const { fused, readable } = bothWays(() =>
-        valueAndGrads(([x, w, b]) => layerNorm(x, w as tf.Tensor1D, b as tf.Tensor1D), [x, weight, bias], trainable)
-      );
-      compare(`layerNorm, trainable ${trainable}`, fused, readable, 2e-6);
-    });
-  }
-  tf.dispose([x, weight, bias]);
+Deno.test("the vector loops of simd.wat load on this runtime's wasm backend", () => {
+  assert.notEqual(simdLoops(tf.backend()), null, "WebAssembly SIMD is available in Deno");
 });
 
-Deno.test("GELU: values and gradient match the exact formula, inside and beyond the table's ±6", async () => {
-  const values = [-50, -7, -6, -5.99, -3.3, -1, -0.25, 0, 1e-3, 0.5, 2, 5.999, 6, 6.01, 40];
-  const x = tf.concat([tf.tensor1d(values), normal([4096], 5, 3)]);
-  await assertNoLeak(() => {
-    const { fused, readable } = bothWays(() => valueAndGrads(([x]) => gelu(x), [x], [true]));
-    // Both are float32 approximations of Φ (the formulas go through wasm's erf); they agree to a few units in
-    // float32's last place of the largest value.
-    compare("gelu", fused, readable, 2e-6);
+for (const simd of [true, false]) {
+  const loops = simd ? "vector loops" : "JavaScript loops";
+
+  Deno.test(`layer normalisation (${loops}): values and the gradients of x, weight and bias match`, async () => {
+    // widths 16 (vector loops) and 6 (not a multiple of four: JavaScript loops either way)
+    for (const width of [16, 6]) {
+      const x = normal([3, 5, width], 1, 3, 2), weight = normal([width], 2, 1, 1), bias = normal([width], 3);
+      for (const trainable of [[true, true, true], [true, false, false], [false, true, true]]) {
+        await assertNoLeak(() => {
+          const { fused, readable } = bothWays(() =>
+            valueAndGrads(
+              ([x, w, b]) => layerNorm(x, w as tf.Tensor1D, b as tf.Tensor1D),
+              [x, weight, bias],
+              trainable,
+            ), simd);
+          compare(`layerNorm, width ${width}, trainable ${trainable}`, fused, readable, 2e-6);
+        });
+      }
+      tf.dispose([x, weight, bias]);
+    }
   });
-  const nan = tf.tidy(() => gelu(tf.tensor1d([NaN])).dataSync()[0]);
-  assert.ok(Number.isNaN(nan), "GELU of NaN is NaN");
-  x.dispose();
-});
+
+  Deno.test(`GELU (${loops}): values and gradient match the exact formula, small and large inputs`, async () => {
+    const values = [-50, -7, -6, -5.99, -3.3, -1, -0.25, 0, 1e-3, 0.5, 2, 5.999, 6, 6.01, 40];
+    // 4,111 values: not a multiple of four, so the vector loop's last, overlapping group is checked too
+    for (const x of [tf.concat([tf.tensor1d(values), normal([4096], 5, 3)]), tf.tensor1d([0.5, -2, 3])]) {
+      await assertNoLeak(() => {
+        const { fused, readable } = bothWays(() => valueAndGrads(([x]) => gelu(x), [x], [true]), simd);
+        // Both are float32 approximations (the formulas go through wasm's erf): each value within 1e-6 of the
+        // formulas' plus a few units of float32's last place.
+        fused.forEach((t, i) => {
+          const a = Array.from(t.dataSync()), b = readable[i].dataSync();
+          const worst = a.reduce((w, v, j) => Math.max(w, Math.abs(v - b[j]) / (1 + Math.abs(b[j]))), 0);
+          assert.ok(worst < 1e-6, `gelu of ${x.size} values, result ${i}: off by ${worst}`);
+        });
+        tf.dispose([...fused, ...readable]);
+      });
+      x.dispose();
+    }
+    enableFused({ simd });
+    const nan = tf.tidy(() => gelu(tf.tensor1d([NaN, 1, 2, 3])).dataSync()[0]);
+    enableFused();
+    assert.ok(Number.isNaN(nan), "GELU of NaN is NaN");
+  });
+}
 
 Deno.test("cross-entropy: loss and gradient match, with ignored and out-of-vocabulary targets", async () => {
   const logits = normal([3, 4, 7], 6, 4);

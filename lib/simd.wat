@@ -1,0 +1,211 @@
+;; Vector (SIMD, four float32 lanes) loops for the fused kernels of fused.ts, run on the wasm backend's own memory:
+;; the module imports TensorFlow.js's WebAssembly.Memory, so tensors are read and written where they lie. Every
+;; pointer is a byte offset on that memory. JavaScript runs each of these loops as one value at a time; here one
+;; instruction handles four.
+;;
+;; Rebuilt into simd_wasm.ts by `deno task build-simd` (tests/simd_test.ts checks the two agree).
+(module
+  (import "env" "memory" (memory 1))
+
+  ;; e^y for y ≤ 0 (clamped at −87, where e^y is below float32's normal range): y = k·ln 2 + r with k an integer
+  ;; and |r| ≤ ln 2 / 2 (ln 2 split in two for exactness), e^r by its Taylor series to r⁶ (relative error
+  ;; about 10⁻⁷), times 2^k built in the exponent bits.
+  (func $exp (param $y v128) (result v128)
+    (local $k v128) (local $r v128) (local $p v128)
+    (local.set $y (f32x4.max (local.get $y) (v128.const f32x4 -87 -87 -87 -87)))
+    (local.set $k (f32x4.nearest
+      (f32x4.mul (local.get $y) (v128.const f32x4 1.4426950408889634 1.4426950408889634 1.4426950408889634 1.4426950408889634))))
+    (local.set $r (f32x4.sub (local.get $y)
+      (f32x4.mul (local.get $k) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375))))
+    (local.set $r (f32x4.sub (local.get $r)
+      (f32x4.mul (local.get $k) (v128.const f32x4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4))))
+    ;; p = 1 + r(1 + r(1/2 + r(1/6 + r(1/24 + r(1/120 + r/720)))))
+    (local.set $p (v128.const f32x4 1.3888889e-3 1.3888889e-3 1.3888889e-3 1.3888889e-3))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 8.3333333e-3 8.3333333e-3 8.3333333e-3 8.3333333e-3)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 4.1666667e-2 4.1666667e-2 4.1666667e-2 4.1666667e-2)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 0.16666667 0.16666667 0.16666667 0.16666667)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 0.5 0.5 0.5 0.5)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
+    ;; 2^k: k + 127 in the exponent field
+    (f32x4.mul (local.get $p)
+      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (v128.const i32x4 127 127 127 127)) (i32.const 23))))
+
+  ;; GELU of four values: x·Φ(x), and Φ(x) + x·φ(x) (its derivative) into $d. Φ(x) = (1 + erf(x/√2)) / 2 with
+  ;; erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5·10⁻⁷): erf(z) = 1 − t(a₁ + t(a₂ + …))·e^(−z²),
+  ;; t = 1/(1 + p·z), for z = |x|/√2, the sign put back after; e^(−z²) = e^(−x²/2) also gives φ.
+  (func $gelu4 (param $x v128) (result v128 v128)
+    (local $z v128) (local $t v128) (local $e v128) (local $q v128) (local $cdf v128)
+    (local.set $z (f32x4.mul (f32x4.abs (local.get $x)) (v128.const f32x4 0.70710678 0.70710678 0.70710678 0.70710678)))
+    (local.set $t (f32x4.div (v128.const f32x4 1 1 1 1)
+      (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (local.get $z) (v128.const f32x4 0.3275911 0.3275911 0.3275911 0.3275911)))))
+    (local.set $e (call $exp (f32x4.neg (f32x4.mul (local.get $z) (local.get $z)))))
+    (local.set $q (v128.const f32x4 1.061405429 1.061405429 1.061405429 1.061405429))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 -1.453152027 -1.453152027 -1.453152027 -1.453152027)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 1.421413741 1.421413741 1.421413741 1.421413741)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 -0.284496736 -0.284496736 -0.284496736 -0.284496736)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 0.254829592 0.254829592 0.254829592 0.254829592)))
+    ;; erf(|x|/√2) = 1 − t·q·e, ≥ 0; the sign of x is put on it with one OR
+    (local.set $cdf (f32x4.sub (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $t) (local.get $q)) (local.get $e))))
+    (local.set $cdf (v128.or (local.get $cdf) (v128.and (local.get $x) (v128.const i32x4 0x80000000 0x80000000 0x80000000 0x80000000))))
+    (local.set $cdf (f32x4.add (v128.const f32x4 0.5 0.5 0.5 0.5) (f32x4.mul (local.get $cdf) (v128.const f32x4 0.5 0.5 0.5 0.5))))
+    (f32x4.mul (local.get $x) (local.get $cdf))
+    (f32x4.add (local.get $cdf)
+      (f32x4.mul (f32x4.mul (local.get $x) (local.get $e)) (v128.const f32x4 0.39894228 0.39894228 0.39894228 0.39894228))))
+
+  ;; value[i] = gelu(x[i]), and derivative[i] when $withDerivative, for i < n (n ≥ 4). The last four values are
+  ;; computed again, overlapping, when n is not a multiple of four: each result depends on its own input only.
+  (func (export "gelu") (param $x i32) (param $value i32) (param $derivative i32) (param $withDerivative i32) (param $n i32)
+    (local $i i32) (local $end i32) (local $v v128) (local $d v128) (local $v2 v128) (local $d2 v128)
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    ;; two groups of four at a time while eight remain: independent work for the processor to overlap
+    (block $pairsDone
+      (loop $pairs
+        (br_if $pairsDone (i32.gt_u (i32.add (local.get $i) (i32.const 32)) (local.get $end)))
+        (call $gelu4 (v128.load (i32.add (local.get $x) (local.get $i))))
+        (local.set $d)
+        (local.set $v)
+        (call $gelu4 (v128.load offset=16 (i32.add (local.get $x) (local.get $i))))
+        (local.set $d2)
+        (local.set $v2)
+        (v128.store (i32.add (local.get $value) (local.get $i)) (local.get $v))
+        (v128.store offset=16 (i32.add (local.get $value) (local.get $i)) (local.get $v2))
+        (if (local.get $withDerivative)
+          (then
+            (v128.store (i32.add (local.get $derivative) (local.get $i)) (local.get $d))
+            (v128.store offset=16 (i32.add (local.get $derivative) (local.get $i)) (local.get $d2))))
+        (local.set $i (i32.add (local.get $i) (i32.const 32)))
+        (br $pairs)))
+    (block $done
+      (loop $next
+        (if (i32.gt_u (i32.add (local.get $i) (i32.const 16)) (local.get $end))
+          (then
+            (br_if $done (i32.eq (local.get $i) (local.get $end)))
+            (local.set $i (i32.sub (local.get $end) (i32.const 16)))))
+        (call $gelu4 (v128.load (i32.add (local.get $x) (local.get $i))))
+        (local.set $d)
+        (local.set $v)
+        (v128.store (i32.add (local.get $value) (local.get $i)) (local.get $v))
+        (if (local.get $withDerivative)
+          (then (v128.store (i32.add (local.get $derivative) (local.get $i)) (local.get $d))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $next))))
+
+  ;; The four lanes of $v added.
+  (func $sum4 (param $v v128) (result f32)
+    (f32.add
+      (f32.add (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+      (f32.add (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
+
+  ;; Layer normalisation of `rows` rows of `width` values (a multiple of four): y = (x − mean)·rstd·w + b, with
+  ;; mean[r] and rstd[r] = 1/√(var + ε) written out (biased variance).
+  (func (export "layer_norm")
+    (param $x i32) (param $w i32) (param $b i32) (param $y i32) (param $mean i32) (param $rstd i32)
+    (param $rows i32) (param $width i32) (param $epsilon f32)
+    (local $r i32) (local $j i32) (local $bytes i32) (local $row i32) (local $acc v128) (local $mu f32) (local $s f32)
+    (local $centered v128)
+    (local.set $bytes (i32.shl (local.get $width) (i32.const 2)))
+    (block $rowsDone
+      (loop $nextRow
+        (br_if $rowsDone (i32.ge_u (local.get $r) (local.get $rows)))
+        (local.set $row (i32.mul (local.get $r) (local.get $bytes)))
+        ;; mean
+        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $j (i32.const 0))
+        (block $sumDone
+          (loop $sum
+            (br_if $sumDone (i32.ge_u (local.get $j) (local.get $bytes)))
+            (local.set $acc (f32x4.add (local.get $acc)
+              (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $j))))))
+            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (br $sum)))
+        (local.set $mu (f32.div (call $sum4 (local.get $acc)) (f32.convert_i32_u (local.get $width))))
+        ;; variance of the centred values
+        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $j (i32.const 0))
+        (block $varDone
+          (loop $var
+            (br_if $varDone (i32.ge_u (local.get $j) (local.get $bytes)))
+            (local.set $centered (f32x4.sub
+              (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $j)))) (f32x4.splat (local.get $mu))))
+            (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (local.get $centered) (local.get $centered))))
+            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (br $var)))
+        (local.set $s (f32.div (f32.const 1) (f32.sqrt (f32.add
+          (f32.div (call $sum4 (local.get $acc)) (f32.convert_i32_u (local.get $width))) (local.get $epsilon)))))
+        ;; y = (x − mean)·rstd·w + b
+        (local.set $j (i32.const 0))
+        (block $outDone
+          (loop $out
+            (br_if $outDone (i32.ge_u (local.get $j) (local.get $bytes)))
+            (v128.store (i32.add (local.get $y) (i32.add (local.get $row) (local.get $j)))
+              (f32x4.add
+                (f32x4.mul
+                  (f32x4.mul
+                    (f32x4.sub (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $j)))) (f32x4.splat (local.get $mu)))
+                    (f32x4.splat (local.get $s)))
+                  (v128.load (i32.add (local.get $w) (local.get $j))))
+                (v128.load (i32.add (local.get $b) (local.get $j)))))
+            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (br $out)))
+        (f32.store (i32.add (local.get $mean) (i32.shl (local.get $r) (i32.const 2))) (local.get $mu))
+        (f32.store (i32.add (local.get $rstd) (i32.shl (local.get $r) (i32.const 2))) (local.get $s))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $nextRow))))
+
+  ;; The gradients of layer_norm: with x̂ = (x − mean)·rstd and g = dy·w, per row
+  ;; dx = rstd·(g − mean(g) − x̂·mean(g·x̂)); over all rows dw = Σ dy·x̂ and db = Σ dy (accumulated into $dw, $db,
+  ;; which this zeroes first).
+  (func (export "layer_norm_grad")
+    (param $dy i32) (param $x i32) (param $mean i32) (param $rstd i32) (param $w i32)
+    (param $dx i32) (param $dw i32) (param $db i32) (param $rows i32) (param $width i32)
+    (local $r i32) (local $j i32) (local $bytes i32) (local $row i32) (local $mu v128) (local $s v128)
+    (local $h v128) (local $d v128) (local $g v128) (local $accG v128) (local $accGX v128)
+    (local $meanG v128) (local $meanGX v128) (local $n f32)
+    (local.set $bytes (i32.shl (local.get $width) (i32.const 2)))
+    (local.set $n (f32.convert_i32_u (local.get $width)))
+    (memory.fill (local.get $dw) (i32.const 0) (local.get $bytes))
+    (memory.fill (local.get $db) (i32.const 0) (local.get $bytes))
+    (block $rowsDone
+      (loop $nextRow
+        (br_if $rowsDone (i32.ge_u (local.get $r) (local.get $rows)))
+        (local.set $row (i32.mul (local.get $r) (local.get $bytes)))
+        (local.set $mu (f32x4.splat (f32.load (i32.add (local.get $mean) (i32.shl (local.get $r) (i32.const 2))))))
+        (local.set $s (f32x4.splat (f32.load (i32.add (local.get $rstd) (i32.shl (local.get $r) (i32.const 2))))))
+        (local.set $accG (v128.const f32x4 0 0 0 0))
+        (local.set $accGX (v128.const f32x4 0 0 0 0))
+        (local.set $j (i32.const 0))
+        (block $firstDone
+          (loop $first
+            (br_if $firstDone (i32.ge_u (local.get $j) (local.get $bytes)))
+            (local.set $h (f32x4.mul (f32x4.sub
+              (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $j)))) (local.get $mu)) (local.get $s)))
+            (local.set $d (v128.load (i32.add (local.get $dy) (i32.add (local.get $row) (local.get $j)))))
+            (local.set $g (f32x4.mul (local.get $d) (v128.load (i32.add (local.get $w) (local.get $j)))))
+            (local.set $accG (f32x4.add (local.get $accG) (local.get $g)))
+            (local.set $accGX (f32x4.add (local.get $accGX) (f32x4.mul (local.get $g) (local.get $h))))
+            (v128.store (i32.add (local.get $dw) (local.get $j))
+              (f32x4.add (v128.load (i32.add (local.get $dw) (local.get $j))) (f32x4.mul (local.get $d) (local.get $h))))
+            (v128.store (i32.add (local.get $db) (local.get $j))
+              (f32x4.add (v128.load (i32.add (local.get $db) (local.get $j))) (local.get $d)))
+            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (br $first)))
+        (local.set $meanG (f32x4.splat (f32.div (call $sum4 (local.get $accG)) (local.get $n))))
+        (local.set $meanGX (f32x4.splat (f32.div (call $sum4 (local.get $accGX)) (local.get $n))))
+        (local.set $j (i32.const 0))
+        (block $secondDone
+          (loop $second
+            (br_if $secondDone (i32.ge_u (local.get $j) (local.get $bytes)))
+            (local.set $h (f32x4.mul (f32x4.sub
+              (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $j)))) (local.get $mu)) (local.get $s)))
+            (local.set $g (f32x4.mul
+              (v128.load (i32.add (local.get $dy) (i32.add (local.get $row) (local.get $j))))
+              (v128.load (i32.add (local.get $w) (local.get $j)))))
+            (v128.store (i32.add (local.get $dx) (i32.add (local.get $row) (local.get $j)))
+              (f32x4.mul (local.get $s)
+                (f32x4.sub (f32x4.sub (local.get $g) (local.get $meanG)) (f32x4.mul (local.get $h) (local.get $meanGX)))))
+            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (br $second)))
+        (local.set $r (i32.add (local.get $r) (i32.const 1)))
+        (br $nextRow))))
+)
