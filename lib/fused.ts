@@ -86,18 +86,33 @@ export function fusedInUse(): boolean {
 }
 
 /**
- * Whether the fused attention runs now: it needs BLAS for its products (`blas.ts`) as well as
- * {@linkcode fusedInUse}.
+ * Whether the fused kernels that need BLAS products (`blas.ts`) run now: {@linkcode fusedProduct} and the LoRA layer
+ * of `ops.ts` built on it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { fusedInUse, fusedProductsInUse } from "./fused.ts";
+ * assert.ok(!fusedProductsInUse() || fusedInUse());
+ * ```
+ */
+export function fusedProductsInUse(): boolean {
+  return fusedInUse() && blasGemm() !== null;
+}
+
+/**
+ * Whether the fused attention runs now for heads of `headSize` values: with the vector loops of `simd.wat` when the
+ * head size is a multiple of four, else with BLAS products.
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
  * import { fusedAttentionInUse, fusedInUse } from "./fused.ts";
- * assert.ok(!fusedAttentionInUse() || fusedInUse());
+ * assert.ok(!fusedAttentionInUse(16) || fusedInUse());
  * ```
  */
-export function fusedAttentionInUse(): boolean {
-  return fusedInUse() && blasGemm() !== null;
+export function fusedAttentionInUse(headSize: number): boolean {
+  return fusedInUse() && (blasGemm() !== null || vectorLoops(tf.backend(), headSize % 4 === 0) !== null);
 }
 
 // --- the operations, as tensors in and out -------------------------------------------------------------------------
@@ -186,7 +201,9 @@ export function fusedGelu(x: tf.Tensor, derivative: boolean): { value: tf.Tensor
  * Multi-head attention on `q`, `k`, `v` `[batch, time, heads · size]` with an additive `mask` `[time, time]`:
  * for every sequence and head, `P = softmax(q·kᵀ · scale + mask)` and `out = P·v`, the products in BLAS, each
  * head's columns read in place (no transposes), the softmax in between. Returns `out` in the layout of `q` and
- * `p` `[batch, heads, time, time]`, which the gradient needs. Requires {@linkcode fusedAttentionInUse}.
+ * `p` `[batch, heads, time, time]`, which the gradient needs. Requires {@linkcode fusedAttentionInUse}. Heads whose
+ * size is a multiple of four run in the vector loops of `simd.wat` (one call for all heads, where BLAS needs two calls
+ * per head) when they are small ({@linkcode VECTOR_ATTENTION_MAX_VALUES}) or BLAS is missing; others in BLAS.
  *
  * @example
  * ```ts
@@ -196,7 +213,7 @@ export function fusedGelu(x: tf.Tensor, derivative: boolean): { value: tf.Tensor
  * import { fusedAttention, fusedAttentionInUse } from "./fused.ts";
  * import { causalMask } from "./gpt/ops.ts";
  * await initBackend("wasm");
- * if (fusedAttentionInUse()) {
+ * if (fusedAttentionInUse(2)) {
  *   const x = tf.randomNormal([2, 3, 4]);
  *   const { out, p } = fusedAttention(x, x, x, causalMask(3), 2, 0.5);
  *   assert.deepEqual(p.shape, [2, 2, 3, 3]);
@@ -229,7 +246,7 @@ export function fusedAttention(
  * import { fusedAttention, fusedAttentionGrad, fusedAttentionInUse } from "./fused.ts";
  * import { causalMask } from "./gpt/ops.ts";
  * await initBackend("wasm");
- * if (fusedAttentionInUse()) {
+ * if (fusedAttentionInUse(2)) {
  *   const x = tf.randomNormal([1, 3, 4]);
  *   const { p } = fusedAttention(x, x, x, causalMask(3), 2, 0.5);
  *   const { dv, dq } = fusedAttentionGrad(tf.onesLike(x), x, x, x, p, 2, 0.5, false);
@@ -283,16 +300,16 @@ export function fusedCrossEntropy(
 /**
  * `α·op(a)·op(b) + c` for matrices `a`, `b` (and `c` of the result's shape, or none) as one BLAS product that
  * starts from `c`: the sums a LoRA layer needs (`x·W + s·(x·A)·B`, and backward `dy·Wᵀ + (s·dy·Bᵀ)·Aᵀ`) without a
- * separate scaling or addition. Requires {@linkcode fusedAttentionInUse} (BLAS).
+ * separate scaling or addition. Requires {@linkcode fusedProductsInUse} (BLAS).
  *
  * @example
  * ```ts
  * import assert from "node:assert/strict";
  * import * as tf from "@tensorflow/tfjs";
  * import { initBackend } from "./backend.ts";
- * import { fusedAttentionInUse, fusedProduct } from "./fused.ts";
+ * import { fusedProduct, fusedProductsInUse } from "./fused.ts";
  * await initBackend("wasm");
- * if (fusedAttentionInUse()) {
+ * if (fusedProductsInUse()) {
  *   const y = fusedProduct(tf.tensor2d([[1, 2]]), tf.tensor2d([[3], [4]]), { alpha: 2, c: tf.tensor2d([[1]]) });
  *   assert.deepEqual(Array.from(y.dataSync()), [23]); // 2·11 + 1
  * }
@@ -505,6 +522,19 @@ function geluKernel(args: KernelArgs): KernelTensor[] {
   return [value, derivative];
 }
 
+/**
+ * Where BLAS is available, heads with at most this many values (time × head size) run the fused attention in the
+ * vector loops, larger ones in BLAS. Measured here (`bench/attention_bench.ts`, forward and backward, one thread, two
+ * runs): the loops take 0.39–0.42× BLAS's time at 8 × 16, about the same at 16 × 16 (0.88–1.04×: the bench's GPT),
+ * 1.4–2.4× at 32 × 16 and 1.7–1.8× at 16 × 64. Two BLAS calls per head (about 1.5 µs each) outweigh the loops'
+ * arithmetic only for the smallest heads. Without BLAS the loops run whatever the size.
+ */
+export const VECTOR_ATTENTION_MAX_VALUES = 128;
+
+function attentionLoops(backend: object, size: number, time: number, blas: boolean): SimdLoops | null {
+  return blas && time * size > VECTOR_ATTENTION_MAX_VALUES ? null : vectorLoops(backend, size % 4 === 0);
+}
+
 function attentionShapes(kernel: string, q: KernelTensor, heads: number) {
   if (q.shape.length !== 3) throw new RangeError(`${kernel}: expected [batch, time, width]; got [${q.shape}].`);
   const [batch, time, width] = q.shape;
@@ -532,10 +562,17 @@ function attentionKernel(args: KernelArgs): KernelTensor[] {
   checkFloat("LoraAttention", { q, k, v, mask });
   const heads = args.attrs.heads as number, scale = args.attrs.scale as number;
   const { batch, time, width, size } = attentionShapes("LoraAttention", q, heads);
-  const gemm = blasGemm();
-  if (gemm === null) throw new Error("LoraAttention: needs BLAS products (blas.ts), which are not in use");
+  const gemm = blasGemm(), loops = attentionLoops(args.backend, size, time, gemm !== null);
+  if (gemm === null && loops === null) {
+    throw new Error("LoraAttention: needs the vector loops (heads of a multiple of four values) or BLAS products");
+  }
   const heap = heapOf(args.backend);
   const out = heap.makeOutput([batch, time, width]), p = heap.makeOutput([batch, heads, time, time]);
+  if (loops !== null) {
+    const at = (t: KernelTensor) => 4 * heap.index(t);
+    loops.attention(at(q), at(k), at(v), at(mask), at(out), at(p), batch, time, width, heads, scale);
+    return [out, p];
+  }
   const f = heap.floats();
   const iq = heap.index(q), ik = heap.index(k), iv = heap.index(v), im = heap.index(mask);
   const io = heap.index(out), ip = heap.index(p);
@@ -544,8 +581,8 @@ function attentionKernel(args: KernelArgs): KernelTensor[] {
     for (let h = 0; h < heads; h++) {
       const column = b * time * width + h * size, at = ip + (b * heads + h) * square;
       const scores = f.subarray(at, at + square);
-      // S = q·kᵀ · scale: the head's columns of q and k, rows `width` apart
-      gemm(
+      // BLAS from here (checked above: no loops means a BLAS library). S = q·kᵀ · scale: the head's columns of q and k, rows `width` apart
+      gemm!(
         false,
         true,
         time,
@@ -562,7 +599,7 @@ function attentionKernel(args: KernelArgs): KernelTensor[] {
       );
       maskedSoftmax(f, at, f, im, time);
       // out = P·v, written into the head's columns of the output
-      gemm(
+      gemm!(
         false,
         false,
         time,
@@ -588,11 +625,36 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
   const heads = args.attrs.heads as number, scale = args.attrs.scale as number;
   const both = args.attrs.queriesAndKeys === true;
   const { batch, time, width, size } = attentionShapes("LoraAttentionGrad", q, heads);
-  const gemm = blasGemm();
-  if (gemm === null) throw new Error("LoraAttentionGrad: needs BLAS products (blas.ts), which are not in use");
+  const gemm = blasGemm(), loops = attentionLoops(args.backend, size, time, gemm !== null);
+  if (gemm === null && loops === null) {
+    throw new Error("LoraAttentionGrad: needs the vector loops (heads of a multiple of four values) or BLAS products");
+  }
   const heap = heapOf(args.backend);
   const dv = heap.makeOutput(q.shape);
   const dq = both ? heap.makeOutput(q.shape) : null, dk = both ? heap.makeOutput(q.shape) : null;
+  if (loops !== null) {
+    const scratch = heap.makeOutput([time, time]);
+    const at = (t: KernelTensor | null) => (t === null ? 0 : 4 * heap.index(t));
+    loops.attention_grad(
+      at(dy),
+      at(q),
+      at(k),
+      at(v),
+      at(p),
+      at(dq),
+      at(dk),
+      at(dv),
+      at(scratch),
+      batch,
+      time,
+      width,
+      heads,
+      scale,
+      both ? 1 : 0,
+    );
+    (args.backend as { disposeData(dataId: object): void }).disposeData(scratch.dataId);
+    return dq === null ? [dv] : [dv, dq, dk!];
+  }
   const f = heap.floats();
   const idy = heap.index(dy), iq = heap.index(q), ik = heap.index(k), iv = heap.index(v), ip = heap.index(p);
   const idv = heap.index(dv), idq = dq === null ? 0 : heap.index(dq), idk = dk === null ? 0 : heap.index(dk);
@@ -602,10 +664,10 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
       const column = b * time * width + h * size, at = ip + (b * heads + h) * square;
       const probabilities = f.subarray(at, at + square), gradOut = f.subarray(idy + column);
       // dV = Pᵀ·dO
-      gemm(true, false, time, size, time, 1, probabilities, time, gradOut, width, 0, f.subarray(idv + column), width);
+      gemm!(true, false, time, size, time, 1, probabilities, time, gradOut, width, 0, f.subarray(idv + column), width);
       if (!both) continue;
       // dP = dO·vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale, in place
-      gemm(false, true, time, time, size, 1, gradOut, width, f.subarray(iv + column), width, 0, ds, time);
+      gemm!(false, true, time, time, size, 1, gradOut, width, f.subarray(iv + column), width, 0, ds, time);
       for (let i = 0; i < time; i++) {
         let dot = 0;
         for (let j = 0; j < time; j++) dot += ds[i * time + j] * probabilities[i * time + j];
@@ -614,7 +676,7 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
         }
       }
       // dQ = dS·k, dK = dSᵀ·q
-      gemm(
+      gemm!(
         false,
         false,
         time,
@@ -629,7 +691,7 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
         f.subarray(idq + column),
         width,
       );
-      gemm(
+      gemm!(
         true,
         false,
         time,

@@ -13,7 +13,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { blasInUse } from "./blas.ts";
-import { fusedAttentionInUse, fusedCrossEntropy, fusedInUse, fusedProduct } from "./fused.ts";
+import { fusedCrossEntropy, fusedInUse, fusedProduct, fusedProductsInUse } from "./fused.ts";
 import { requiresGrad } from "./tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
@@ -303,7 +303,7 @@ export function linear<T extends tf.Tensor>(x: T, weight: tf.Tensor2D, bias: tf.
  * ```
  */
 export function loraLinearFused(): boolean {
-  return fusedAttentionInUse();
+  return fusedProductsInUse();
 }
 
 /**

@@ -1,7 +1,7 @@
 /**
  * The vector loops of `simd.wat` (four float32 lanes per instruction), instantiated on the wasm backend's own
- * WebAssembly memory, so they read and write tensors where they lie. `fused.ts` runs GELU and layer normalisation
- * through them when they are available, and its JavaScript loops otherwise.
+ * WebAssembly memory, so they read and write tensors where they lie. `fused.ts` runs GELU, layer normalisation and
+ * attention through them when they are available, and its JavaScript loops (or BLAS products) otherwise.
  *
  * @module
  */
@@ -35,6 +35,38 @@ export interface SimdLoops {
     db: number,
     rows: number,
     width: number,
+  ): void;
+  /** Multi-head attention: `out` and `p` from `q`, `k`, `v` and the additive `mask` (head size a multiple of 4). */
+  attention(
+    q: number,
+    k: number,
+    v: number,
+    mask: number,
+    out: number,
+    p: number,
+    batch: number,
+    time: number,
+    width: number,
+    heads: number,
+    scale: number,
+  ): void;
+  /** Its gradients: `dv`, and `dq`, `dk` when `both` is 1, with `scratch` room for `time × time` values. */
+  attention_grad(
+    dy: number,
+    q: number,
+    k: number,
+    v: number,
+    p: number,
+    dq: number,
+    dk: number,
+    dv: number,
+    scratch: number,
+    batch: number,
+    time: number,
+    width: number,
+    heads: number,
+    scale: number,
+    both: number,
   ): void;
 }
 

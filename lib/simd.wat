@@ -7,11 +7,14 @@
 (module
   (import "env" "memory" (memory 1))
 
-  ;; e^y for y ≤ 0 (clamped at −87, where e^y is below float32's normal range): y = k·ln 2 + r with k an integer
+  ;; e^y for y ≤ 0 (0 below −87, where e^y leaves float32's normal range): y = k·ln 2 + r with k an integer
   ;; and |r| ≤ ln 2 / 2 (ln 2 split in two for exactness), e^r by its Taylor series to r⁶ (relative error
   ;; about 10⁻⁷), times 2^k built in the exponent bits.
   (func $exp (param $y v128) (result v128)
-    (local $k v128) (local $r v128) (local $p v128)
+    (local $k v128) (local $r v128) (local $p v128) (local $keep v128)
+    ;; lanes below −87 (−∞ among them) give exactly 0; NaN stays NaN
+    (local.set $keep (v128.or (f32x4.ge (local.get $y) (v128.const f32x4 -87 -87 -87 -87))
+      (f32x4.ne (local.get $y) (local.get $y))))
     (local.set $y (f32x4.max (local.get $y) (v128.const f32x4 -87 -87 -87 -87)))
     (local.set $k (f32x4.nearest
       (f32x4.mul (local.get $y) (v128.const f32x4 1.4426950408889634 1.4426950408889634 1.4426950408889634 1.4426950408889634))))
@@ -28,8 +31,12 @@
     (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
     (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
     ;; 2^k: k + 127 in the exponent field
-    (f32x4.mul (local.get $p)
-      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (v128.const i32x4 127 127 127 127)) (i32.const 23))))
+    (v128.and (local.get $keep) (f32x4.mul (local.get $p)
+      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (v128.const i32x4 127 127 127 127)) (i32.const 23)))))
+
+  ;; e^y of one value y ≤ 0, by the four-lane function.
+  (func $exp1 (param $y f32) (result f32)
+    (f32x4.extract_lane 0 (call $exp (f32x4.splat (local.get $y)))))
 
   ;; GELU of four values: x·Φ(x), and Φ(x) + x·φ(x) (its derivative) into $d. Φ(x) = (1 + erf(x/√2)) / 2 with
   ;; erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5·10⁻⁷): erf(z) = 1 − t(a₁ + t(a₂ + …))·e^(−z²),
@@ -208,4 +215,204 @@
             (br $second)))
         (local.set $r (i32.add (local.get $r) (i32.const 1)))
         (br $nextRow))))
+
+  ;; row[j] ← e^(row[j] − max) for j < n, returning their sum: four at a time, the last n mod 4 one by one.
+  (func $expRow (param $row i32) (param $n i32) (param $max f32) (result f32)
+    (local $j i32) (local $bytes i32) (local $e v128) (local $acc v128) (local $sum f32) (local $one f32)
+    (local.set $bytes (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.gt_u (i32.add (local.get $j) (i32.const 16)) (local.get $bytes)))
+        (local.set $e (call $exp (f32x4.sub (v128.load (i32.add (local.get $row) (local.get $j))) (f32x4.splat (local.get $max)))))
+        (v128.store (i32.add (local.get $row) (local.get $j)) (local.get $e))
+        (local.set $acc (f32x4.add (local.get $acc) (local.get $e)))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br $next)))
+    (local.set $sum (call $sum4 (local.get $acc)))
+    (block $tailDone
+      (loop $tail
+        (br_if $tailDone (i32.ge_u (local.get $j) (local.get $bytes)))
+        (local.set $one (call $exp1 (f32.sub (f32.load (i32.add (local.get $row) (local.get $j))) (local.get $max))))
+        (f32.store (i32.add (local.get $row) (local.get $j)) (local.get $one))
+        (local.set $sum (f32.add (local.get $sum) (local.get $one)))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br $tail)))
+    (local.get $sum))
+
+  ;; m[i][j] ← Σ_c a_i[c]·b_j[c] · scale for i, j < n, where a_i = a + i·stride and b_j = b + j·stride are rows of
+  ;; `bytes / 4` values (a multiple of four) and m is n × n, row after row.
+  (func $dots (param $m i32) (param $a i32) (param $b i32) (param $n i32) (param $stride i32) (param $bytes i32)
+    (param $scale f32)
+    (local $i i32) (local $j i32) (local $c i32) (local $ai i32) (local $bj i32) (local $acc v128)
+    (block $iDone (loop $nextI
+      (br_if $iDone (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $ai (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $stride))))
+      (local.set $j (i32.const 0))
+      (block $jDone (loop $nextJ
+        (br_if $jDone (i32.ge_u (local.get $j) (local.get $n)))
+        (local.set $bj (i32.add (local.get $b) (i32.mul (local.get $j) (local.get $stride))))
+        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $c (i32.const 0))
+        (block $cDone (loop $nextC
+          (br_if $cDone (i32.ge_u (local.get $c) (local.get $bytes)))
+          (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
+            (v128.load (i32.add (local.get $ai) (local.get $c))) (v128.load (i32.add (local.get $bj) (local.get $c))))))
+          (local.set $c (i32.add (local.get $c) (i32.const 16)))
+          (br $nextC)))
+        (f32.store (i32.add (local.get $m) (i32.shl (i32.add (i32.mul (local.get $i) (local.get $n)) (local.get $j)) (i32.const 2)))
+          (f32.mul (local.get $scale) (call $sum4 (local.get $acc))))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $nextJ)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $nextI))))
+
+  ;; out_i ← Σ_j m[i][j]·v_j for i < n (or Σ_j m[j][i]·v_j when $transposed), where v_j = v + j·stride and
+  ;; out_i = out + i·stride are rows of `bytes / 4` values (a multiple of four) and m is n × n: a small matrix
+  ;; times a head's rows, one group of four columns at a time with its sum kept in a register.
+  (func $combine (param $out i32) (param $m i32) (param $v i32) (param $n i32) (param $stride i32) (param $bytes i32)
+    (param $transposed i32)
+    (local $i i32) (local $j i32) (local $c i32) (local $acc v128) (local $weight i32) (local $step i32)
+    ;; byte steps through m: along row i (j + 1), or down column i (j·n)
+    (local.set $step (select (i32.shl (local.get $n) (i32.const 2)) (i32.const 4) (local.get $transposed)))
+    (block $iDone (loop $nextI
+      (br_if $iDone (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $c (i32.const 0))
+      (block $cDone (loop $nextC
+        (br_if $cDone (i32.ge_u (local.get $c) (local.get $bytes)))
+        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $weight (i32.add (local.get $m)
+          (select (i32.shl (local.get $i) (i32.const 2)) (i32.shl (i32.mul (local.get $i) (local.get $n)) (i32.const 2))
+            (local.get $transposed))))
+        (local.set $j (i32.const 0))
+        (block $jDone (loop $nextJ
+          (br_if $jDone (i32.ge_u (local.get $j) (local.get $n)))
+          (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
+            (f32x4.splat (f32.load (local.get $weight)))
+            (v128.load (i32.add (local.get $v) (i32.add (i32.mul (local.get $j) (local.get $stride)) (local.get $c)))))))
+          (local.set $weight (i32.add (local.get $weight) (local.get $step)))
+          (local.set $j (i32.add (local.get $j) (i32.const 1)))
+          (br $nextJ)))
+        (v128.store (i32.add (local.get $out) (i32.add (i32.mul (local.get $i) (local.get $stride)) (local.get $c))) (local.get $acc))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $nextC)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $nextI))))
+
+  ;; Byte offset of the first value of head h of sequence b in a [batch, time, heads·size] tensor.
+  (func $headAt (param $b i32) (param $h i32) (param $time i32) (param $stride i32) (param $bytes i32) (result i32)
+    (i32.add (i32.mul (i32.mul (local.get $b) (local.get $time)) (local.get $stride)) (i32.mul (local.get $h) (local.get $bytes))))
+
+  ;; Multi-head attention for q, k, v [batch, time, heads·size] (size a multiple of four) with an additive mask
+  ;; [time, time]: per sequence and head, P = softmax(q·kᵀ·scale + mask) into p [batch, heads, time, time] and
+  ;; out = P·v into the head's columns of out [batch, time, heads·size]. Rows of a head lie `width` values apart.
+  (func (export "attention")
+    (param $q i32) (param $k i32) (param $v i32) (param $mask i32) (param $out i32) (param $p i32)
+    (param $batch i32) (param $time i32) (param $width i32) (param $heads i32) (param $scale f32)
+    (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $stride i32) (local $bytes i32)
+    (local $head i32) (local $ph i32) (local $prow i32) (local $at i32) (local $s f32) (local $max f32) (local $inv f32)
+    (local.set $stride (i32.shl (local.get $width) (i32.const 2)))
+    (local.set $bytes (i32.shl (i32.div_u (local.get $width) (local.get $heads)) (i32.const 2)))
+    (block $batchDone (loop $nextBatch
+      (br_if $batchDone (i32.ge_u (local.get $b) (local.get $batch)))
+      (local.set $h (i32.const 0))
+      (block $headsDone (loop $nextHead
+        (br_if $headsDone (i32.ge_u (local.get $h) (local.get $heads)))
+        (local.set $head (call $headAt (local.get $b) (local.get $h) (local.get $time) (local.get $stride) (local.get $bytes)))
+        (local.set $ph (i32.add (local.get $p) (i32.shl (i32.mul (i32.mul
+          (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $time)) (local.get $time)) (i32.const 2))))
+        ;; scores S = q·kᵀ·scale, then per row: + mask, softmax
+        (call $dots (local.get $ph) (i32.add (local.get $q) (local.get $head)) (i32.add (local.get $k) (local.get $head))
+          (local.get $time) (local.get $stride) (local.get $bytes) (local.get $scale))
+        (local.set $i (i32.const 0))
+        (block $rowsDone (loop $nextRow
+          (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $time)))
+          (local.set $prow (i32.add (local.get $ph) (i32.shl (i32.mul (local.get $i) (local.get $time)) (i32.const 2))))
+          (local.set $max (f32.const -inf))
+          (local.set $j (i32.const 0))
+          (block $maskDone (loop $nextMask
+            (br_if $maskDone (i32.ge_u (local.get $j) (local.get $time)))
+            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
+            (local.set $s (f32.add (f32.load (i32.add (local.get $prow) (local.get $at)))
+              (f32.load (i32.add (local.get $mask) (i32.add (i32.shl (i32.mul (local.get $i) (local.get $time)) (i32.const 2)) (local.get $at))))))
+            (f32.store (i32.add (local.get $prow) (local.get $at)) (local.get $s))
+            (local.set $max (f32.max (local.get $max) (local.get $s)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $nextMask)))
+          (local.set $inv (f32.div (f32.const 1) (call $expRow (local.get $prow) (local.get $time) (local.get $max))))
+          (local.set $j (i32.const 0))
+          (block $normDone (loop $nextNorm
+            (br_if $normDone (i32.ge_u (local.get $j) (local.get $time)))
+            (local.set $at (i32.add (local.get $prow) (i32.shl (local.get $j) (i32.const 2))))
+            (f32.store (local.get $at) (f32.mul (f32.load (local.get $at)) (local.get $inv)))
+            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br $nextNorm)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $nextRow)))
+        ;; out = P·v
+        (call $combine (i32.add (local.get $out) (local.get $head)) (local.get $ph) (i32.add (local.get $v) (local.get $head))
+          (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 0))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $nextHead)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $nextBatch))))
+
+  ;; The gradients of attention from dy [batch, time, heads·size]: dv = Pᵀ·dy and, when $both,
+  ;; dS = P ⊙ (dy·vᵀ − rowsum(P ⊙ dy·vᵀ))·scale (in $scratch, time × time values), dq = dS·k, dk = dSᵀ·q.
+  (func (export "attention_grad")
+    (param $dy i32) (param $q i32) (param $k i32) (param $v i32) (param $p i32)
+    (param $dq i32) (param $dk i32) (param $dv i32) (param $scratch i32)
+    (param $batch i32) (param $time i32) (param $width i32) (param $heads i32) (param $scale f32) (param $both i32)
+    (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $stride i32) (local $bytes i32)
+    (local $head i32) (local $ph i32) (local $at i32) (local $row i32) (local $dot f32)
+    (local.set $stride (i32.shl (local.get $width) (i32.const 2)))
+    (local.set $bytes (i32.shl (i32.div_u (local.get $width) (local.get $heads)) (i32.const 2)))
+    (block $batchDone (loop $nextBatch
+      (br_if $batchDone (i32.ge_u (local.get $b) (local.get $batch)))
+      (local.set $h (i32.const 0))
+      (block $headsDone (loop $nextHead
+        (br_if $headsDone (i32.ge_u (local.get $h) (local.get $heads)))
+        (local.set $head (call $headAt (local.get $b) (local.get $h) (local.get $time) (local.get $stride) (local.get $bytes)))
+        (local.set $ph (i32.add (local.get $p) (i32.shl (i32.mul (i32.mul
+          (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $time)) (local.get $time)) (i32.const 2))))
+        ;; dv = Pᵀ·dy
+        (call $combine (i32.add (local.get $dv) (local.get $head)) (local.get $ph) (i32.add (local.get $dy) (local.get $head))
+          (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 1))
+        (if (local.get $both)
+          (then
+            ;; dP = dy·vᵀ into scratch, then dS in place, row by row
+            (call $dots (local.get $scratch) (i32.add (local.get $dy) (local.get $head)) (i32.add (local.get $v) (local.get $head))
+              (local.get $time) (local.get $stride) (local.get $bytes) (f32.const 1))
+            (local.set $i (i32.const 0))
+            (block $rowsDone (loop $nextRow
+              (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $time)))
+              (local.set $row (i32.shl (i32.mul (local.get $i) (local.get $time)) (i32.const 2)))
+              (local.set $dot (f32.const 0))
+              (local.set $j (i32.const 0))
+              (block $sumDone (loop $nextSum
+                (br_if $sumDone (i32.ge_u (local.get $j) (local.get $time)))
+                (local.set $at (i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2))))
+                (local.set $dot (f32.add (local.get $dot) (f32.mul
+                  (f32.load (i32.add (local.get $ph) (local.get $at))) (f32.load (i32.add (local.get $scratch) (local.get $at))))))
+                (local.set $j (i32.add (local.get $j) (i32.const 1)))
+                (br $nextSum)))
+              (local.set $j (i32.const 0))
+              (block $dsDone (loop $nextDs
+                (br_if $dsDone (i32.ge_u (local.get $j) (local.get $time)))
+                (local.set $at (i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2))))
+                (f32.store (i32.add (local.get $scratch) (local.get $at)) (f32.mul (f32.mul
+                  (f32.load (i32.add (local.get $ph) (local.get $at)))
+                  (f32.sub (f32.load (i32.add (local.get $scratch) (local.get $at))) (local.get $dot))) (local.get $scale)))
+                (local.set $j (i32.add (local.get $j) (i32.const 1)))
+                (br $nextDs)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $nextRow)))
+            ;; dq = dS·k, dk = dSᵀ·q
+            (call $combine (i32.add (local.get $dq) (local.get $head)) (local.get $scratch) (i32.add (local.get $k) (local.get $head))
+              (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 0))
+            (call $combine (i32.add (local.get $dk) (local.get $head)) (local.get $scratch) (i32.add (local.get $q) (local.get $head))
+              (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 1))))
+        (local.set $h (i32.add (local.get $h) (i32.const 1)))
+        (br $nextHead)))
+      (local.set $b (i32.add (local.get $b) (i32.const 1)))
+      (br $nextBatch))))
 )

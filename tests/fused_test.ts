@@ -8,12 +8,18 @@ import * as tf from "@tensorflow/tfjs";
 import { adam, addLoRA, GPT, initBackend, languageModelStep, trainableVariables } from "../lib/mod.ts";
 import { linear, loraLinear, softmaxCrossEntropy } from "../lib/ops.ts";
 import { causalAttention, causalMask, gelu, layerNorm, sequenceCrossEntropy } from "../lib/gpt/mod.ts";
-import { disableFused, enableFused, fusedAttentionInUse, fusedInUse } from "../lib/fused.ts";
+import {
+  disableFused,
+  enableFused,
+  fusedInUse,
+  fusedProductsInUse,
+  VECTOR_ATTENTION_MAX_VALUES,
+} from "../lib/fused.ts";
 import { simdLoops } from "../lib/simd.ts";
 import { assert, assertEquals, assertNoLeak, maxAbsDiff } from "./assert.ts";
 
 await initBackend("wasm", { quiet: true });
-const blas = fusedAttentionInUse();
+const blas = fusedProductsInUse();
 
 const normal = (shape: number[], seed: number, std = 1, mean = 0) => tf.randomNormal(shape, mean, std, "float32", seed);
 
@@ -132,24 +138,33 @@ Deno.test("cross-entropy: loss and gradient match, with ignored and out-of-vocab
   tf.dispose([logits, targets, none]);
 });
 
-Deno.test({
-  name: "attention: output and the gradients of q, k and v match the formulas, also with v alone trainable",
-  ignore: !blas,
-  fn: async () => {
-    const [batch, time, width, heads] = [3, 6, 12, 3];
-    const q = normal([batch, time, width], 7, 2), k = normal([batch, time, width], 8, 2);
-    const v = normal([batch, time, width], 9);
-    for (const trainable of [[true, true, true], [false, false, true], [true, false, false]]) {
-      await assertNoLeak(() => {
-        const { fused, readable } = bothWays(() =>
-          valueAndGrads(([q, k, v]) => causalAttention(q, k, v, heads, causalMask(time)), [q, k, v], trainable)
-        );
-        compare(`attention, trainable ${trainable}`, fused, readable, 1e-5);
-      });
+// [batch, time, width, heads]: heads of 4 values (vector loops); of 5 (BLAS, or the formulas without it); heads past
+// VECTOR_ATTENTION_MAX_VALUES (BLAS where it is available, else the vector loops)
+const ATTENTION_SHAPES = [[3, 6, 12, 3], [2, 5, 15, 3], [1, VECTOR_ATTENTION_MAX_VALUES / 4 + 6, 8, 2]];
+
+for (const simd of [true, false]) {
+  Deno.test(`attention (${simd ? "vector loops where they fit" : "BLAS only"}): output and q, k, v gradients match`, async () => {
+    for (const [batch, time, width, heads] of ATTENTION_SHAPES) {
+      const q = normal([batch, time, width], 7, 2), k = normal([batch, time, width], 8, 2);
+      const v = normal([batch, time, width], 9);
+      for (const trainable of [[true, true, true], [false, false, true], [true, false, false]]) {
+        await assertNoLeak(() => {
+          const { fused, readable } = bothWays(
+            () => valueAndGrads(([q, k, v]) => causalAttention(q, k, v, heads, causalMask(time)), [q, k, v], trainable),
+            simd,
+          );
+          compare(
+            `attention [${batch}, ${time}, ${width}] × ${heads} heads, trainable ${trainable}`,
+            fused,
+            readable,
+            1e-5,
+          );
+        });
+      }
+      tf.dispose([q, k, v]);
     }
-    tf.dispose([q, k, v]);
-  },
-});
+  });
+}
 
 Deno.test("the fused Identity shares its input's buffer: a clone costs no copy and outlives the original", async () => {
   const x = tf.tensor1d([1, 2, 3]);

@@ -227,7 +227,7 @@ export function causalAttention<T extends tf.Tensor>(q: T, k: T, v: T, heads: nu
     throw new RangeError(`causalAttention: the mask must be [${time}, ${time}]; got [${mask.shape}].`);
   }
   const size = width / heads, scale = 1 / Math.sqrt(size);
-  if (fusedAttentionInUse()) {
+  if (fusedAttentionInUse(size)) {
     return customOp<T>([q, k, v], ([q, k, v], needs, save) => {
       const { out, p } = fusedAttention(q, k, v, mask, heads, scale);
       save([q, k, v, p]);
