@@ -10,7 +10,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { type HostMemory, hostMemory } from "./tfjs_internals.ts";
+import { fusedInUse } from "./fused.ts";
+import { simdLoops } from "./simd.ts";
+import { type HostMemory, hostMemory, wasmHeap } from "./tfjs_internals.ts";
 
 /** A tensor with a name, as tfjs optimizers exchange their state. */
 type NamedTensor = { name: string; tensor: tf.Tensor };
@@ -241,9 +243,31 @@ export class Adam extends tf.Optimizer {
     // buffers), and wasm caches each matMul weight, packed, by buffer, so it must never change in place.
     const value = host.empty(variable.shape);
     // Views are taken after that allocation, which may grow (and so move) the wasm heap.
+    const { beta1, beta2 } = this, b1 = 1 - beta1, b2 = 1 - beta2;
+    const loops = fusedInUse() ? simdLoops(tf.backend()) : null, heap = loops === null ? null : wasmHeap(tf.backend());
+    if (loops !== null && heap !== null) {
+      // With the fused kernels, the vector loop of simd.wat (float32 arithmetic, four values at a time).
+      const at = (t: tf.Tensor) => 4 * heap.index(t);
+      loops.adam(
+        at(variable),
+        at(grad),
+        at(state.m),
+        at(state.v),
+        at(value),
+        variable.size,
+        beta1,
+        b1,
+        beta2,
+        b2,
+        alpha,
+        eps,
+      );
+      variable.assign(value);
+      value.dispose();
+      return;
+    }
     const next = host.view(value), p = host.view(variable), g = host.view(grad);
     const m = host.view(state.m), v = host.view(state.v);
-    const { beta1, beta2 } = this, b1 = 1 - beta1, b2 = 1 - beta2;
     for (let i = 0; i < p.length; i++) {
       const gi = g[i];
       const mi = m[i] = beta1 * m[i] + b1 * gi; // the moments are private, so they do change in place

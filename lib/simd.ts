@@ -68,6 +68,21 @@ export interface SimdLoops {
     scale: number,
     both: number,
   ): void;
+  /** One Adam step for `n` values: the moments `m`, `v` in place, the new values into `next`; `rest` is 1 − β. */
+  adam(
+    p: number,
+    g: number,
+    m: number,
+    v: number,
+    next: number,
+    n: number,
+    beta1: number,
+    rest1: number,
+    beta2: number,
+    rest2: number,
+    alpha: number,
+    epsilon: number,
+  ): void;
 }
 
 let compiled: WebAssembly.Module | null | undefined;

@@ -300,3 +300,26 @@ Deno.test({
     tf.dispose([x, weight, bias, a, b]);
   },
 });
+
+Deno.test("Adam's step in the vector loop matches its JavaScript loop, to float32 rounding, moments included", async () => {
+  const run = async (fused: boolean) => {
+    if (fused) enableFused();
+    else disableFused();
+    // 1,003 values: not a multiple of four, so the loop's one-at-a-time tail runs too
+    const w = tf.variable(normal([1003], 21)), optimizer = adam(0.01);
+    for (let step = 0; step < 5; step++) {
+      const g = normal([1003], 30 + step, 1 + step);
+      optimizer.applyGradients({ [w.name]: g });
+      g.dispose();
+    }
+    const weights = await optimizer.getWeights();
+    const result = [w.clone(), ...weights.slice(1).map((n) => n.tensor)];
+    weights[0].tensor.dispose();
+    optimizer.dispose();
+    w.dispose();
+    return result;
+  };
+  const vector = await run(true), loop = await run(false);
+  enableFused();
+  compare("Adam: weights, m, v", vector, loop, 1e-6);
+});
