@@ -6,7 +6,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { type BaseLayer, Linear } from "../layers.ts";
+import { type BaseLayer, checkInput, Linear } from "../layers.ts";
 import { loraLinear, loraLinearFused } from "../ops.ts";
 import { createLoRALayer, LoRALayer, type LoRAOptions, loraScaling } from "../lora.ts";
 import type { Module } from "../module.ts";
@@ -57,10 +57,13 @@ export const loraKind: AdapterKind<LoRALayer> = {
     );
   },
   // One node when the fused kernels and BLAS are in use, for a plain Linear base and a plain LoRA layer.
-  forward: (lora, base, x) =>
-    loraLinearFused() && (base.constructor as unknown) === Linear && (lora.constructor as unknown) === LoRALayer
-      ? loraLinear(x, base.weight, base.bias, lora.A, lora.B, lora.scaling)
-      : tf.tidy(() => tf.add(base.apply(x), lora.apply(x))),
+  forward(lora, base, x) {
+    if (loraLinearFused() && (base.constructor as unknown) === Linear && (lora.constructor as unknown) === LoRALayer) {
+      checkInput(base, x, base.inFeatures); // the base layer's own message for a wrong input
+      return loraLinear(x, base.weight, base.bias, lora.A, lora.B, lora.scaling);
+    }
+    return tf.tidy(() => tf.add(base.apply(x), lora.apply(x)));
+  },
   delta: (lora, _base, x) => lora.apply(x),
   deltaWeight: (lora) => lora.deltaWeight(),
   merge(lora, base) {
