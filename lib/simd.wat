@@ -11,13 +11,16 @@
   ;; and |r| ≤ ln 2 / 2 (ln 2 split in two for exactness), e^r by its Taylor series to r⁶ (relative error
   ;; about 10⁻⁷), times 2^k built in the exponent bits.
   (func $exp (param $y v128) (result v128)
-    (local $k v128) (local $r v128) (local $p v128) (local $keep v128)
+    (local $t v128) (local $k v128) (local $r v128) (local $p v128) (local $keep v128)
     ;; lanes below −87 (−∞ among them) give exactly 0; NaN stays NaN
     (local.set $keep (v128.or (f32x4.ge (local.get $y) (v128.const f32x4 -87 -87 -87 -87))
       (f32x4.ne (local.get $y) (local.get $y))))
-    (local.set $y (f32x4.max (local.get $y) (v128.const f32x4 -87 -87 -87 -87)))
-    (local.set $k (f32x4.nearest
-      (f32x4.mul (local.get $y) (v128.const f32x4 1.4426950408889634 1.4426950408889634 1.4426950408889634 1.4426950408889634))))
+    ;; t = y·log₂e + 1.5·2²³ holds round(y·log₂e) in its low mantissa bits (after a clamp that keeps 2^k in range)
+    (local.set $t (f32x4.add
+      (f32x4.pmax (f32x4.mul (local.get $y) (v128.const f32x4 1.4426950408889634 1.4426950408889634 1.4426950408889634 1.4426950408889634))
+        (v128.const f32x4 -126 -126 -126 -126))
+      (v128.const f32x4 12582912 12582912 12582912 12582912)))
+    (local.set $k (f32x4.sub (local.get $t) (v128.const f32x4 12582912 12582912 12582912 12582912)))
     (local.set $r (f32x4.sub (local.get $y)
       (f32x4.mul (local.get $k) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375))))
     (local.set $r (f32x4.sub (local.get $r)
@@ -30,9 +33,10 @@
     (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 0.5 0.5 0.5 0.5)))
     (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
     (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
-    ;; 2^k: k + 127 in the exponent field
+    ;; 2^k: k + 127 in the exponent field, k read from t's bits (t − bits of 1.5·2²³)
     (v128.and (local.get $keep) (f32x4.mul (local.get $p)
-      (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $k)) (v128.const i32x4 127 127 127 127)) (i32.const 23)))))
+      (i32x4.shl (i32x4.add (i32x4.sub (local.get $t) (v128.const i32x4 0x4b400000 0x4b400000 0x4b400000 0x4b400000))
+        (v128.const i32x4 127 127 127 127)) (i32.const 23)))))
 
   ;; e^y of one value y ≤ 0, by the four-lane function.
   (func $exp1 (param $y f32) (result f32)
