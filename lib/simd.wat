@@ -7,36 +7,61 @@
 (module
   (import "env" "memory" (memory 1))
 
+  (global $EXP_MIN v128 (v128.const f32x4 -87 -87 -87 -87))
+  (global $LOG2E v128 (v128.const f32x4 1.4426950408889634 1.4426950408889634 1.4426950408889634 1.4426950408889634))
+  (global $EXP2_MIN v128 (v128.const f32x4 -126 -126 -126 -126))
+  (global $ROUNDER v128 (v128.const f32x4 12582912 12582912 12582912 12582912))
+  (global $LN2_HI v128 (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375))
+  (global $LN2_LO v128 (v128.const f32x4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4))
+  (global $E6 v128 (v128.const f32x4 1.3888889e-3 1.3888889e-3 1.3888889e-3 1.3888889e-3))
+  (global $E5 v128 (v128.const f32x4 8.3333333e-3 8.3333333e-3 8.3333333e-3 8.3333333e-3))
+  (global $E4 v128 (v128.const f32x4 4.1666667e-2 4.1666667e-2 4.1666667e-2 4.1666667e-2))
+  (global $E3 v128 (v128.const f32x4 0.16666667 0.16666667 0.16666667 0.16666667))
+  (global $HALF v128 (v128.const f32x4 0.5 0.5 0.5 0.5))
+  (global $ONE v128 (v128.const f32x4 1 1 1 1))
+  (global $ROUNDER_BITS v128 (v128.const i32x4 0x4b400000 0x4b400000 0x4b400000 0x4b400000))
+  (global $EXP_BIAS v128 (v128.const i32x4 127 127 127 127))
+  (global $SQRT_HALF v128 (v128.const f32x4 0.70710678 0.70710678 0.70710678 0.70710678))
+  (global $ERF_P v128 (v128.const f32x4 0.3275911 0.3275911 0.3275911 0.3275911))
+  (global $A5 v128 (v128.const f32x4 1.061405429 1.061405429 1.061405429 1.061405429))
+  (global $A4 v128 (v128.const f32x4 -1.453152027 -1.453152027 -1.453152027 -1.453152027))
+  (global $A3 v128 (v128.const f32x4 1.421413741 1.421413741 1.421413741 1.421413741))
+  (global $A2 v128 (v128.const f32x4 -0.284496736 -0.284496736 -0.284496736 -0.284496736))
+  (global $A1 v128 (v128.const f32x4 0.254829592 0.254829592 0.254829592 0.254829592))
+  (global $SIGN v128 (v128.const i32x4 0x80000000 0x80000000 0x80000000 0x80000000))
+  (global $INV_SQRT_2PI v128 (v128.const f32x4 0.39894228 0.39894228 0.39894228 0.39894228))
+  (global $ZERO v128 (v128.const f32x4 0 0 0 0))
+
   ;; e^y for y ≤ 0 (0 below −87, where e^y leaves float32's normal range): y = k·ln 2 + r with k an integer
   ;; and |r| ≤ ln 2 / 2 (ln 2 split in two for exactness), e^r by its Taylor series to r⁶ (relative error
   ;; about 10⁻⁷), times 2^k built in the exponent bits.
   (func $exp (param $y v128) (result v128)
     (local $t v128) (local $k v128) (local $r v128) (local $p v128) (local $keep v128)
     ;; lanes below −87 (−∞ among them) give exactly 0; NaN stays NaN
-    (local.set $keep (v128.or (f32x4.ge (local.get $y) (v128.const f32x4 -87 -87 -87 -87))
+    (local.set $keep (v128.or (f32x4.ge (local.get $y) (global.get $EXP_MIN))
       (f32x4.ne (local.get $y) (local.get $y))))
     ;; t = y·log₂e + 1.5·2²³ holds round(y·log₂e) in its low mantissa bits (after a clamp that keeps 2^k in range)
     (local.set $t (f32x4.add
-      (f32x4.pmax (f32x4.mul (local.get $y) (v128.const f32x4 1.4426950408889634 1.4426950408889634 1.4426950408889634 1.4426950408889634))
-        (v128.const f32x4 -126 -126 -126 -126))
-      (v128.const f32x4 12582912 12582912 12582912 12582912)))
-    (local.set $k (f32x4.sub (local.get $t) (v128.const f32x4 12582912 12582912 12582912 12582912)))
+      (f32x4.pmax (f32x4.mul (local.get $y) (global.get $LOG2E))
+        (global.get $EXP2_MIN))
+      (global.get $ROUNDER)))
+    (local.set $k (f32x4.sub (local.get $t) (global.get $ROUNDER)))
     (local.set $r (f32x4.sub (local.get $y)
-      (f32x4.mul (local.get $k) (v128.const f32x4 0.693359375 0.693359375 0.693359375 0.693359375))))
+      (f32x4.mul (local.get $k) (global.get $LN2_HI))))
     (local.set $r (f32x4.sub (local.get $r)
-      (f32x4.mul (local.get $k) (v128.const f32x4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4 -2.12194440e-4))))
+      (f32x4.mul (local.get $k) (global.get $LN2_LO))))
     ;; p = 1 + r(1 + r(1/2 + r(1/6 + r(1/24 + r(1/120 + r/720)))))
-    (local.set $p (v128.const f32x4 1.3888889e-3 1.3888889e-3 1.3888889e-3 1.3888889e-3))
-    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 8.3333333e-3 8.3333333e-3 8.3333333e-3 8.3333333e-3)))
-    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 4.1666667e-2 4.1666667e-2 4.1666667e-2 4.1666667e-2)))
-    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 0.16666667 0.16666667 0.16666667 0.16666667)))
-    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 0.5 0.5 0.5 0.5)))
-    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
-    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (v128.const f32x4 1 1 1 1)))
+    (local.set $p (global.get $E6))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (global.get $E5)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (global.get $E4)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (global.get $E3)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (global.get $HALF)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (global.get $ONE)))
+    (local.set $p (f32x4.add (f32x4.mul (local.get $p) (local.get $r)) (global.get $ONE)))
     ;; 2^k: k + 127 in the exponent field, k read from t's bits (t − bits of 1.5·2²³)
     (v128.and (local.get $keep) (f32x4.mul (local.get $p)
-      (i32x4.shl (i32x4.add (i32x4.sub (local.get $t) (v128.const i32x4 0x4b400000 0x4b400000 0x4b400000 0x4b400000))
-        (v128.const i32x4 127 127 127 127)) (i32.const 23)))))
+      (i32x4.shl (i32x4.add (i32x4.sub (local.get $t) (global.get $ROUNDER_BITS))
+        (global.get $EXP_BIAS)) (i32.const 23)))))
 
   ;; e^y of one value y ≤ 0, by the four-lane function.
   (func $exp1 (param $y f32) (result f32)
@@ -47,22 +72,22 @@
   ;; t = 1/(1 + p·z), for z = |x|/√2, the sign put back after; e^(−z²) = e^(−x²/2) also gives φ.
   (func $gelu4 (param $x v128) (result v128 v128)
     (local $z v128) (local $t v128) (local $e v128) (local $q v128) (local $cdf v128)
-    (local.set $z (f32x4.mul (f32x4.abs (local.get $x)) (v128.const f32x4 0.70710678 0.70710678 0.70710678 0.70710678)))
-    (local.set $t (f32x4.div (v128.const f32x4 1 1 1 1)
-      (f32x4.add (v128.const f32x4 1 1 1 1) (f32x4.mul (local.get $z) (v128.const f32x4 0.3275911 0.3275911 0.3275911 0.3275911)))))
+    (local.set $z (f32x4.mul (f32x4.abs (local.get $x)) (global.get $SQRT_HALF)))
+    (local.set $t (f32x4.div (global.get $ONE)
+      (f32x4.add (global.get $ONE) (f32x4.mul (local.get $z) (global.get $ERF_P)))))
     (local.set $e (call $exp (f32x4.neg (f32x4.mul (local.get $z) (local.get $z)))))
-    (local.set $q (v128.const f32x4 1.061405429 1.061405429 1.061405429 1.061405429))
-    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 -1.453152027 -1.453152027 -1.453152027 -1.453152027)))
-    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 1.421413741 1.421413741 1.421413741 1.421413741)))
-    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 -0.284496736 -0.284496736 -0.284496736 -0.284496736)))
-    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (v128.const f32x4 0.254829592 0.254829592 0.254829592 0.254829592)))
+    (local.set $q (global.get $A5))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (global.get $A4)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (global.get $A3)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (global.get $A2)))
+    (local.set $q (f32x4.add (f32x4.mul (local.get $q) (local.get $t)) (global.get $A1)))
     ;; erf(|x|/√2) = 1 − t·q·e, ≥ 0; the sign of x is put on it with one OR
-    (local.set $cdf (f32x4.sub (v128.const f32x4 1 1 1 1) (f32x4.mul (f32x4.mul (local.get $t) (local.get $q)) (local.get $e))))
-    (local.set $cdf (v128.or (local.get $cdf) (v128.and (local.get $x) (v128.const i32x4 0x80000000 0x80000000 0x80000000 0x80000000))))
-    (local.set $cdf (f32x4.add (v128.const f32x4 0.5 0.5 0.5 0.5) (f32x4.mul (local.get $cdf) (v128.const f32x4 0.5 0.5 0.5 0.5))))
+    (local.set $cdf (f32x4.sub (global.get $ONE) (f32x4.mul (f32x4.mul (local.get $t) (local.get $q)) (local.get $e))))
+    (local.set $cdf (v128.or (local.get $cdf) (v128.and (local.get $x) (global.get $SIGN))))
+    (local.set $cdf (f32x4.add (global.get $HALF) (f32x4.mul (local.get $cdf) (global.get $HALF))))
     (f32x4.mul (local.get $x) (local.get $cdf))
     (f32x4.add (local.get $cdf)
-      (f32x4.mul (f32x4.mul (local.get $x) (local.get $e)) (v128.const f32x4 0.39894228 0.39894228 0.39894228 0.39894228))))
+      (f32x4.mul (f32x4.mul (local.get $x) (local.get $e)) (global.get $INV_SQRT_2PI))))
 
   ;; value[i] = gelu(x[i]), and derivative[i] when $withDerivative, for i < n (n ≥ 4). The last four values are
   ;; computed again, overlapping, when n is not a multiple of four: each result depends on its own input only.
@@ -121,7 +146,7 @@
         (br_if $rowsDone (i32.ge_u (local.get $r) (local.get $rows)))
         (local.set $row (i32.mul (local.get $r) (local.get $bytes)))
         ;; mean
-        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $acc (global.get $ZERO))
         (local.set $j (i32.const 0))
         (block $sumDone
           (loop $sum
@@ -132,7 +157,7 @@
             (br $sum)))
         (local.set $mu (f32.div (call $sum4 (local.get $acc)) (f32.convert_i32_u (local.get $width))))
         ;; variance of the centred values
-        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $acc (global.get $ZERO))
         (local.set $j (i32.const 0))
         (block $varDone
           (loop $var
@@ -183,8 +208,8 @@
         (local.set $row (i32.mul (local.get $r) (local.get $bytes)))
         (local.set $mu (f32x4.splat (f32.load (i32.add (local.get $mean) (i32.shl (local.get $r) (i32.const 2))))))
         (local.set $s (f32x4.splat (f32.load (i32.add (local.get $rstd) (i32.shl (local.get $r) (i32.const 2))))))
-        (local.set $accG (v128.const f32x4 0 0 0 0))
-        (local.set $accGX (v128.const f32x4 0 0 0 0))
+        (local.set $accG (global.get $ZERO))
+        (local.set $accGX (global.get $ZERO))
         (local.set $j (i32.const 0))
         (block $firstDone
           (loop $first
@@ -255,7 +280,7 @@
       (block $jDone (loop $nextJ
         (br_if $jDone (i32.ge_u (local.get $j) (local.get $n)))
         (local.set $bj (i32.add (local.get $b) (i32.mul (local.get $j) (local.get $stride))))
-        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $acc (global.get $ZERO))
         (local.set $c (i32.const 0))
         (block $cDone (loop $nextC
           (br_if $cDone (i32.ge_u (local.get $c) (local.get $bytes)))
@@ -283,7 +308,7 @@
       (local.set $c (i32.const 0))
       (block $cDone (loop $nextC
         (br_if $cDone (i32.ge_u (local.get $c) (local.get $bytes)))
-        (local.set $acc (v128.const f32x4 0 0 0 0))
+        (local.set $acc (global.get $ZERO))
         (local.set $weight (i32.add (local.get $m)
           (select (i32.shl (local.get $i) (i32.const 2)) (i32.shl (i32.mul (local.get $i) (local.get $n)) (i32.const 2))
             (local.get $transposed))))
