@@ -1,12 +1,18 @@
 /**
- * Fused kernels for the wasm backend: a transformer's layer normalisation, GELU, attention and cross-entropy,
- * each as one loop (or one loop around BLAS products) over the tensors as they lie on the wasm heap, where the
- * readable formulas of `gpt/ops.ts` run eight to forty kernels. Every tfjs kernel costs its own dispatch,
- * allocation and pass over memory; on the bench's tiny GPT a training step ran 652 of them.
+ * Fused kernels for the wasm backend: a transformer's layer normalisation, GELU, attention and cross-entropy, a
+ * product that starts from a third matrix (LoRA's sums), each with its gradient, as one loop (or one loop around
+ * BLAS products) over the tensors as they lie on the wasm heap, where the readable formulas of `gpt/ops.ts` run
+ * eight to forty kernels. Every tfjs kernel costs its own dispatch, allocation and pass over memory: on the bench's
+ * tiny GPT a training step ran 652 of them, and runs 251 fused (239 with LoRA, where `ops.ts`'s `loraLinear` uses
+ * {@linkcode fusedProduct}). `bench/profile.ts` prints the kernels of a step.
+ *
+ * The loops are WebAssembly SIMD where the runtime has it (`simd.wat`: GELU, layer normalisation, small heads'
+ * attention, and Adam's update in `optim.ts`), JavaScript otherwise; attention's larger heads and the LoRA sums go
+ * to BLAS (`blas.ts`) when it is in use.
  *
  * The readable formulas stay in `gpt/ops.ts` beside the fused paths, as nanoGPT keeps its manual attention beside
  * flash attention: they run on every other backend, on wasm when {@linkcode disableFused} is called (or
- * `LORA_FUSED=off`), and `tests/fused_test.ts` compares the two, values and gradients.
+ * `LORA_FUSED=off`), and `tests/fused_test.ts` compares the two, values and gradients, for each kind of loop.
  *
  * {@linkcode enableFused} (which `initBackend` calls on wasm) also replaces wasm's `Identity` kernel with one that
  * shares the input's buffer, as wasm's `Reshape` already does, instead of copying it. tfjs clones every tensor an
@@ -14,9 +20,10 @@
  * is safe because no kernel writes into an existing buffer: outputs are always fresh (the one exception, Adam's
  * moments in `optim.ts`, are private tensors nobody clones).
  *
- * Arithmetic is in float64 within each row (sums, means, softmax), rounded to float32 on writing; results agree
- * with the readable formulas to float32 rounding, not bit for bit. GELU's Φ comes from a table with cubic Hermite
- * interpolation (error below 3·10⁻¹⁰).
+ * The JavaScript loops compute in float64 within each row (sums, means, softmax) and round to float32 on writing;
+ * the vector loops compute in float32. Either way results agree with the readable formulas to float32 rounding, not
+ * bit for bit. GELU's Φ comes from Abramowitz and Stegun's erf 7.1.26 in the vector loop (absolute error below
+ * 1.5·10⁻⁷), from a table with cubic Hermite interpolation in the JavaScript one (below 3·10⁻¹⁰).
  *
  * @module
  */

@@ -7,6 +7,8 @@
 (module
   (import "env" "memory" (memory 1))
 
+  ;; Constants, four lanes each, as immutable globals: V8 builds a v128.const anew wherever it appears (several
+  ;; instructions each), where a global is one load.
   (global $EXP_MIN v128 (v128.const f32x4 -87 -87 -87 -87))
   (global $LOG2E v128 (v128.const f32x4 1.4426950408889634 1.4426950408889634 1.4426950408889634 1.4426950408889634))
   (global $EXP2_MIN v128 (v128.const f32x4 -126 -126 -126 -126))

@@ -17,6 +17,10 @@
  * - Each op asks which of its inputs need a gradient (as `matMul` in `../ops.ts` does), so a frozen
  *   LayerNorm or the first block of a LoRA model skips work nobody reads.
  *
+ * On wasm, layer normalisation, GELU, attention and the cross-entropy each run as one fused kernel forward and
+ * one backward (`../fused.ts`) instead of the formulas written out here; the formulas are the reference the
+ * fused kernels are tested against, and what runs on the other backends or with `LORA_FUSED=off`.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
