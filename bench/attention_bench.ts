@@ -23,7 +23,7 @@ function vector(q: tf.Tensor, mask: tf.Tensor, heads: number): void {
   const [batch, time, width] = q.shape;
   tf.tidy(() => {
     // outputs as the kernels allocate theirs: unwritten
-    const empty = (shape: number[]) => tf.engine().makeTensorFromTensorInfo(heap.makeOutput(shape));
+    const empty = (shape: number[]) => tf.engine().makeTensorFromTensorInfo(heap.makeOutput(shape) as tf.TensorInfo);
     const out = empty(q.shape), p = empty([batch, heads, time, time]), scratch = empty([time, time]);
     const [dq, dk, dv] = [empty(q.shape), empty(q.shape), empty(q.shape)];
     loops.attention(at(q), at(q), at(q), at(mask), at(out), at(p), batch, time, width, heads, 0.25);

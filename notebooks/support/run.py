@@ -13,7 +13,7 @@ output messages, and stock nbclient stops listening at idle, so outputs are sile
 keeps reading IOPub for a grace period after idle, routes any message that arrives even later to the cell
 that caused it, and drains the channel once more before the kernel is shut down.
 
-It also: sets NO_COLOR=1 and (unless set) LORA_BLAS=off for the kernel, so outputs repeat on any machine; ends every cell's source with a newline (see end_cells_with_newline); gives every figure's PNG its display size (see size_figures); removes ANSI escape codes and the absolute path of the repository
+It also: sets NO_COLOR=1 and (unless set) LORA_BLAS=off and LORA_FUSED=off for the kernel, so outputs repeat on any machine; ends every cell's source with a newline (see end_cells_with_newline); gives every figure's PNG its display size (see size_figures); removes ANSI escape codes and the absolute path of the repository
 from outputs; fails, naming the notebook and cell, when a cell throws or when an output still holds an ANSI
 code, an absolute path or a TensorFlow.js banner. Needs Debian's jupyter-client, python3-nbclient and
 python3-nbformat (they live under /usr/bin/python3) and the Deno kernelspec (`deno jupyter --install`).
@@ -217,9 +217,11 @@ def main():
     if not paths:
         sys.exit("no notebooks found")
     os.environ["NO_COLOR"] = "1"
-    # The committed outputs come from the plain wasm backend, so that a re-run repeats them bit for bit on any
-    # machine: with OpenBLAS (wasm+blas) the products round in another order and the last digits move.
+    # The committed outputs come from the plain wasm backend with the readable formulas (the arithmetic the
+    # notebooks teach), so that a re-run repeats them bit for bit on any machine and across speed work: with
+    # OpenBLAS (wasm+blas) the products round in another order, and the fused kernels round differently again.
     os.environ.setdefault("LORA_BLAS", "off")
+    os.environ.setdefault("LORA_FUSED", "off")
     out = Path(tempfile.mkdtemp(prefix="notebooks-")) if args.scratch else args.out
     if out:
         out.mkdir(parents=True, exist_ok=True)
