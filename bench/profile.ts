@@ -6,7 +6,8 @@
  *     deno run --allow-read --allow-env --allow-ffi bench/profile.ts [wasm|wasm+blas] [--model=gpt|mlp] [--top=12]
  *
  * `tf.profile` times each kernel alone, so the sums run above a step's time outside the profiler; compare
- * kernels with one another, and steps with `deno task bench --peers`.
+ * kernels with one another, and steps with `deno task bench --peers`. `LORA_FUSED=off` profiles the readable
+ * formulas instead of the fused kernels (`lib/fused.ts`).
  *
  * @module
  */
@@ -25,7 +26,9 @@ import { GPT_BENCH_CONFIG } from "./gpt_bench.ts";
 
 const args = Deno.args.filter((a) => !a.startsWith("--"));
 const flag = (name: string) => Deno.args.find((a) => a.startsWith(`--${name}=`))?.split("=")[1];
-const backend = await initBackend(args[0] ?? "wasm+blas");
+const requested = args[0] ?? "wasm+blas";
+// "wasm" means plain wasm here, not wasm with BLAS when it can be had
+const backend = await initBackend(requested, requested === "wasm" ? { blas: false } : {});
 const models = (flag("model") ?? "mlp,gpt").split(",");
 const top = Number(flag("top") ?? 12);
 
