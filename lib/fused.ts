@@ -531,10 +531,10 @@ function geluKernel(args: KernelArgs): KernelTensor[] {
 
 /**
  * Where BLAS is available, heads with at most this many values (time × head size) run the fused attention in the
- * vector loops, larger ones in BLAS. Measured here (`bench/attention_bench.ts`, forward and backward, one thread, two
- * runs): the loops take 0.39–0.42× BLAS's time at 8 × 16, about the same at 16 × 16 (0.88–1.04×: the bench's GPT),
- * 1.4–2.4× at 32 × 16 and 1.7–1.8× at 16 × 64. Two BLAS calls per head (about 1.5 µs each) outweigh the loops'
- * arithmetic only for the smallest heads. Without BLAS the loops run whatever the size.
+ * vector loops, larger ones in BLAS. Measured here (`bench/attention_bench.ts`, forward and backward, one thread,
+ * three runs): the loops take 0.30–0.42× BLAS's time at 8 × 16, about the same at 16 × 16 (0.88–1.04×: the bench's
+ * GPT), 1.3–2.4× at 32 × 16 and 1.5–1.9× at 16 × 64. Two BLAS calls per head outweigh the loops' arithmetic only for
+ * the smallest heads. Without BLAS the loops run whatever the size.
  */
 export const VECTOR_ATTENTION_MAX_VALUES = 128;
 
