@@ -17,6 +17,7 @@ import * as tf from "@tensorflow/tfjs";
 import { Adam, GPT, initBackend, trainableVariables } from "../lib/mod.ts";
 import { channelMatMul } from "../lib/gpt/mod.ts";
 import { GPT_BENCH_CONFIG } from "./gpt_bench.ts";
+import { blasGemm } from "../lib/blas.ts";
 import { timeCalls } from "./timing.ts";
 
 const backend = await initBackend(Deno.args[0] ?? "wasm", { blas: Deno.args[0] === "wasm+blas" });
@@ -80,30 +81,62 @@ for (const [m, k, n, name, count] of PRODUCTS) {
   a.dispose();
 }
 // wasm multiplies a transposed operand ~15× slower, so the backward pass transposes explicitly: the input of
-// every weight gradient (x, [N, in]) and every weight (W, [in, out]).
+// every weight gradient (x, [N, in]) and every weight (W, [in, out]). With BLAS a transpose is a flag of the
+// product and costs nothing, so there are none.
+const blas = backend === "wasm+blas";
 const transposes: [number, number, string, number][] = [
   [N, C, "xᵀ of q/k/v/out_proj, fc1, lm_head", 6 * LAYERS + 1],
   [N, 4 * C, "xᵀ of fc2", LAYERS],
   [C, C, "Wᵀ of q/k/v/out_proj", 4 * LAYERS],
   [C, 4 * C, "Wᵀ of fc1, fc2", 2 * LAYERS],
 ];
-for (const [r, c, name, count] of transposes) {
+for (const [r, c, name, count] of blas ? [] : transposes) {
   const values = Float32Array.from({ length: r * c }, (_, i) => Math.cos(i));
   row(`transpose ${name}`, `${r}×${c}`, count, await withFresh(values, [r, c], (t) => tf.transpose(t)), 0);
 }
-// Attention's per-head products, as depthwise convolutions (lib/gpt/ops.ts): 2 forward, 4 backward per layer.
+// Attention's per-head products: 2 forward, 4 backward per layer. On wasm as depthwise convolutions (the readable
+// path of lib/gpt/ops.ts); with BLAS one cblas_sgemm per head and sequence, as the fused attention of
+// lib/fused.ts runs them (its softmax and the rest of the kernel are not counted).
 const T = GPT_BENCH_CONFIG.blockSize, heads = GPT_BENCH_CONFIG.nHead, D = C / heads, channels = 64 * heads;
-const left = tf.randomNormal([T, D, channels], 0, 1, "float32", 2);
-const rightValues = Float32Array.from({ length: D * channels * T }, (_, i) => Math.sin(i));
-const attention = await withFresh(rightValues, [D, channels, T], (b) => channelMatMul(left, b));
-row(
-  "attention per-head product (depthwise conv)",
-  `${channels}×(${T}×${D}·${D}×${T})`,
-  6 * LAYERS,
-  attention,
-  2 * channels * T * D * T,
-);
-left.dispose();
+const flops = 2 * channels * T * D * T;
+if (blas) {
+  const gemm = blasGemm()!, qkv = Float32Array.from({ length: N * C }, (_, i) => Math.sin(i));
+  const scores = new Float32Array(T * T);
+  const perHead = await time(() => {
+    for (let b = 0; b < 64; b++) {
+      for (let h = 0; h < heads; h++) {
+        gemm(
+          false,
+          true,
+          T,
+          T,
+          D,
+          1,
+          qkv.subarray(b * T * C + h * D),
+          C,
+          qkv.subarray(b * T * C + h * D),
+          C,
+          0,
+          scores,
+          T,
+        );
+      }
+    }
+  });
+  row(
+    "attention per-head products (cblas_sgemm each)",
+    `${channels}×(${T}×${D}·${D}×${T})`,
+    6 * LAYERS,
+    perHead,
+    flops,
+  );
+} else {
+  const left = tf.randomNormal([T, D, channels], 0, 1, "float32", 2);
+  const rightValues = Float32Array.from({ length: D * channels * T }, (_, i) => Math.sin(i));
+  const attention = await withFresh(rightValues, [D, channels, T], (b) => channelMatMul(left, b));
+  row("attention per-head product (depthwise conv)", `${channels}×(${T}×${D}·${D}×${T})`, 6 * LAYERS, attention, flops);
+  left.dispose();
+}
 // Adam's update of every parameter, alone.
 const gpt = new GPT(GPT_BENCH_CONFIG, { seed: 1 });
 const variables = trainableVariables(gpt);
