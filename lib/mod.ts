@@ -36,6 +36,7 @@
 export { HFTokenizer, loadPretrained, type Pretrained, type PretrainedConfig } from "./hf/mod.ts";
 export { BACKEND_NAMES, type BackendName, type BackendOptions, initBackend, type StartedBackend } from "./backend.ts";
 export { blasProductCount, type BlasStatus, blasStatus } from "./blas.ts";
+export { disableFused, enableFused, fusedInUse } from "./fused.ts";
 export {
   countParameters,
   freezeBase,
@@ -114,7 +115,7 @@ export {
   type TrainStep,
   trainStep,
 } from "./train.ts";
-export { matMul, softmaxCrossEntropy } from "./ops.ts";
+export { linear, loraLinear, matMul, softmaxCrossEntropy } from "./ops.ts";
 export { loadWeights, saveWeights, weightsFromSafetensors, weightsToSafetensors } from "./weights.ts";
 export { decodeSafetensors, encodeSafetensors, type TensorData } from "./safetensors.ts";
 export {
