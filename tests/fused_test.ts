@@ -1,8 +1,9 @@
 /**
  * The fused kernels of lib/fused.ts against the readable formulas of lib/gpt/ops.ts: the same values and the same
  * gradients to float32 rounding, for every input that may or may not need a gradient; edge cases (ignored targets,
- * masked positions, values past the GELU table); no leaked tensor; the sharing `Identity`; fewer kernels per step.
- * The attention tests need BLAS and are skipped without it (CI runs them, see blas_test.ts).
+ * masked positions, values past the GELU table); the vector loops and the JavaScript loops each; no leaked tensor;
+ * the sharing `Identity`; fewer kernels per step. The LoRA layer's one-node path needs BLAS and is skipped without it
+ * (CI runs it, see blas_test.ts).
  */
 import * as tf from "@tensorflow/tfjs";
 import { adam, addLoRA, GPT, initBackend, languageModelStep, trainableVariables } from "../lib/mod.ts";
@@ -37,7 +38,7 @@ function bothWays<T>(f: () => T, simd = true): { fused: T; readable: T } {
   }
 }
 
-/** Largest |a − b| relative to the largest |b| (1 when b is all zeros). */
+/** Largest |a − b| relative to the largest |b| (absolute when b is all zeros). */
 function relative(a: tf.Tensor, b: tf.Tensor): number {
   const scale = Math.max(1e-30, ...Array.from(b.dataSync(), Math.abs));
   return maxAbsDiff(a, b) / scale;
