@@ -38,7 +38,7 @@ function bothWays<T>(f: () => T, simd = true): { fused: T; readable: T } {
   }
 }
 
-/** Largest |a − b| relative to the largest |b| (absolute when b is all zeros). */
+/** Largest |a − b| relative to the largest |b| (so where b is all zeros, a must be zeros too). */
 function relative(a: tf.Tensor, b: tf.Tensor): number {
   const scale = Math.max(1e-30, ...Array.from(b.dataSync(), Math.abs));
   return maxAbsDiff(a, b) / scale;
