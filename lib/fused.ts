@@ -531,15 +531,20 @@ function geluKernel(args: KernelArgs): KernelTensor[] {
 
 /**
  * Where BLAS is available, heads with at most this many values (time × head size) run the fused attention in the
- * vector loops, larger ones in BLAS. Measured here (`bench/attention_bench.ts`, forward and backward, one thread,
- * three runs): the loops take 0.30–0.42× BLAS's time at 8 × 16, about the same at 16 × 16 (0.88–1.04×: the bench's
- * GPT), 1.3–2.4× at 32 × 16 and 1.5–1.9× at 16 × 64. Two BLAS calls per head outweigh the loops' arithmetic only for
- * the smallest heads. Without BLAS the loops run whatever the size.
+ * vector loops, larger ones in BLAS. Measured here (`bench/attention_bench.ts`, forward and backward, one thread):
+ * the loops take 0.29× BLAS's time at 8 × 16, 0.54× at 16 × 16 (the bench's GPT), 0.66–0.84× up to 32 × 32, 0.73×
+ * at 64 × 16 and 0.90× at 16 × 64, but 1.28× at 64 × 64 and 1.38× at 128 × 64, where BLAS's blocking pays for its
+ * four calls per head. Without BLAS the loops run whatever the size.
  */
-export const VECTOR_ATTENTION_MAX_VALUES = 128;
+export const VECTOR_ATTENTION_MAX_VALUES = 1024;
 
 function attentionLoops(backend: object, size: number, time: number, blas: boolean): SimdLoops | null {
   return blas && time * size > VECTOR_ATTENTION_MAX_VALUES ? null : vectorLoops(backend, size % 4 === 0);
+}
+
+/** Values of scratch the vector attention needs (`simd.wat`): (size + 2·time) rows of time rounded up to four. */
+function attentionScratch(size: number, time: number): number {
+  return (size + 2 * time) * (Math.ceil(time / 4) * 4);
 }
 
 function attentionShapes(kernel: string, q: KernelTensor, heads: number) {
@@ -576,8 +581,10 @@ function attentionKernel(args: KernelArgs): KernelTensor[] {
   const heap = heapOf(args.backend);
   const out = heap.makeOutput([batch, time, width]), p = heap.makeOutput([batch, heads, time, time]);
   if (loops !== null) {
+    const scratch = heap.makeOutput([attentionScratch(size, time)]);
     const at = (t: KernelTensor) => 4 * heap.index(t);
-    loops.attention(at(q), at(k), at(v), at(mask), at(out), at(p), batch, time, width, heads, scale);
+    loops.attention(at(q), at(k), at(v), at(mask), at(out), at(p), at(scratch), batch, time, width, heads, scale);
+    (args.backend as { disposeData(dataId: object): void }).disposeData(scratch.dataId);
     return [out, p];
   }
   const f = heap.floats();
@@ -640,7 +647,7 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
   const dv = heap.makeOutput(q.shape);
   const dq = both ? heap.makeOutput(q.shape) : null, dk = both ? heap.makeOutput(q.shape) : null;
   if (loops !== null) {
-    const scratch = heap.makeOutput([time, time]);
+    const scratch = heap.makeOutput([attentionScratch(size, time)]);
     const at = (t: KernelTensor | null) => (t === null ? 0 : 4 * heap.index(t));
     loops.attention_grad(
       at(dy),

@@ -36,7 +36,10 @@ export interface SimdLoops {
     rows: number,
     width: number,
   ): void;
-  /** Multi-head attention: `out` and `p` from `q`, `k`, `v` and the additive `mask` (head size a multiple of 4). */
+  /**
+   * Multi-head attention: `out` and `p` from `q`, `k`, `v` and the additive `mask` (head size a multiple of 4), with
+   * `scratch` room for `(size + 2·time)·t` values, `t` = `time` rounded up to a multiple of 4.
+   */
   attention(
     q: number,
     k: number,
@@ -44,13 +47,14 @@ export interface SimdLoops {
     mask: number,
     out: number,
     p: number,
+    scratch: number,
     batch: number,
     time: number,
     width: number,
     heads: number,
     scale: number,
   ): void;
-  /** Its gradients: `dv`, and `dq`, `dk` when `both` is 1, with `scratch` room for `time × time` values. */
+  /** Its gradients: `dv`, and `dq`, `dk` when `both` is 1, with `scratch` room for `(size + time)·t` values. */
   attention_grad(
     dy: number,
     q: number,

@@ -65,10 +65,6 @@
       (i32x4.shl (i32x4.add (i32x4.sub (local.get $t) (global.get $ROUNDER_BITS))
         (global.get $EXP_BIAS)) (i32.const 23)))))
 
-  ;; e^y of one value y ≤ 0, by the four-lane function.
-  (func $exp1 (param $y f32) (result f32)
-    (f32x4.extract_lane 0 (call $exp (f32x4.splat (local.get $y)))))
-
   ;; GELU of four values: x·Φ(x), and Φ(x) + x·φ(x) (its derivative) into $d. Φ(x) = (1 + erf(x/√2)) / 2 with
   ;; erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5·10⁻⁷): erf(z) = 1 − t(a₁ + t(a₂ + …))·e^(−z²),
   ;; t = 1/(1 + p·z), for z = |x|/√2, the sign put back after; e^(−z²) = e^(−x²/2) also gives φ.
@@ -247,102 +243,167 @@
         (local.set $r (i32.add (local.get $r) (i32.const 1)))
         (br $nextRow))))
 
-  ;; row[j] ← e^(row[j] − max) for j < n, returning their sum: four at a time, the last n mod 4 one by one.
-  (func $expRow (param $row i32) (param $n i32) (param $max f32) (result f32)
-    (local $j i32) (local $bytes i32) (local $e v128) (local $acc v128) (local $sum f32) (local $one f32)
-    (local.set $bytes (i32.shl (local.get $n) (i32.const 2)))
-    (block $done
-      (loop $next
-        (br_if $done (i32.gt_u (i32.add (local.get $j) (i32.const 16)) (local.get $bytes)))
-        (local.set $e (call $exp (f32x4.sub (v128.load (i32.add (local.get $row) (local.get $j))) (f32x4.splat (local.get $max)))))
-        (v128.store (i32.add (local.get $row) (local.get $j)) (local.get $e))
-        (local.set $acc (f32x4.add (local.get $acc) (local.get $e)))
-        (local.set $j (i32.add (local.get $j) (i32.const 16)))
-        (br $next)))
-    (local.set $sum (call $sum4 (local.get $acc)))
-    (block $tailDone
-      (loop $tail
-        (br_if $tailDone (i32.ge_u (local.get $j) (local.get $bytes)))
-        (local.set $one (call $exp1 (f32.sub (f32.load (i32.add (local.get $row) (local.get $j))) (local.get $max))))
-        (f32.store (i32.add (local.get $row) (local.get $j)) (local.get $one))
-        (local.set $sum (f32.add (local.get $sum) (local.get $one)))
-        (local.set $j (i32.add (local.get $j) (i32.const 4)))
-        (br $tail)))
-    (local.get $sum))
+  ;; Four values of a row of a small matrix product, one lane each, summed over k < inner:
+  ;; out[0..3] ← Σ_k a[k·aCol]·b[k·bStride + 0..3].
+  (func $block1x4 (param $out i32) (param $a i32) (param $aCol i32) (param $b i32) (param $bStride i32) (param $inner i32)
+    (local $k i32) (local $acc v128)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $k) (local.get $inner)))
+      (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (v128.load32_splat (local.get $a)) (v128.load (local.get $b)))))
+      (local.set $a (i32.add (local.get $a) (local.get $aCol)))
+      (local.set $b (i32.add (local.get $b) (local.get $bStride)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $next)))
+    (v128.store (local.get $out) (local.get $acc)))
 
-  ;; m[i][j] ← Σ_c a_i[c]·b_j[c] · scale for i, j < n, where a_i = a + i·stride and b_j = b + j·stride are rows of
-  ;; `bytes / 4` values (a multiple of four) and m is n × n, row after row.
-  (func $dots (param $m i32) (param $a i32) (param $b i32) (param $n i32) (param $stride i32) (param $bytes i32)
-    (param $scale f32)
-    (local $i i32) (local $j i32) (local $c i32) (local $ai i32) (local $bj i32) (local $acc v128)
-    (block $iDone (loop $nextI
-      (br_if $iDone (i32.ge_u (local.get $i) (local.get $n)))
-      (local.set $ai (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $stride))))
-      (local.set $j (i32.const 0))
-      (block $jDone (loop $nextJ
-        (br_if $jDone (i32.ge_u (local.get $j) (local.get $n)))
-        (local.set $bj (i32.add (local.get $b) (i32.mul (local.get $j) (local.get $stride))))
-        (local.set $acc (global.get $ZERO))
-        (local.set $c (i32.const 0))
-        (block $cDone (loop $nextC
-          (br_if $cDone (i32.ge_u (local.get $c) (local.get $bytes)))
-          (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
-            (v128.load (i32.add (local.get $ai) (local.get $c))) (v128.load (i32.add (local.get $bj) (local.get $c))))))
-          (local.set $c (i32.add (local.get $c) (i32.const 16)))
-          (br $nextC)))
-        (f32.store (i32.add (local.get $m) (i32.shl (i32.add (i32.mul (local.get $i) (local.get $n)) (local.get $j)) (i32.const 2)))
-          (f32.mul (local.get $scale) (call $sum4 (local.get $acc))))
-        (local.set $j (i32.add (local.get $j) (i32.const 1)))
-        (br $nextJ)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $nextI))))
+  ;; Sixteen values of two rows of a small matrix product, held in eight registers while k runs: rows a and
+  ;; a + aRow of A, each value broadcast to four lanes, times sixteen values of row k of B (four loads shared by
+  ;; both rows): 32 products per step for 6 loads.
+  (func $block2x16 (param $out i32) (param $outStride i32) (param $a i32) (param $aRow i32) (param $aCol i32)
+    (param $b i32) (param $bStride i32) (param $inner i32)
+    (local $k i32) (local $w0 v128) (local $w1 v128) (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
+    (local $c00 v128) (local $c01 v128) (local $c02 v128) (local $c03 v128)
+    (local $c10 v128) (local $c11 v128) (local $c12 v128) (local $c13 v128)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $k) (local.get $inner)))
+      (local.set $w0 (v128.load32_splat (local.get $a)))
+      (local.set $w1 (v128.load32_splat (i32.add (local.get $a) (local.get $aRow))))
+      (local.set $b0 (v128.load (local.get $b)))
+      (local.set $b1 (v128.load offset=16 (local.get $b)))
+      (local.set $b2 (v128.load offset=32 (local.get $b)))
+      (local.set $b3 (v128.load offset=48 (local.get $b)))
+      (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $w0) (local.get $b0))))
+      (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $w0) (local.get $b1))))
+      (local.set $c02 (f32x4.add (local.get $c02) (f32x4.mul (local.get $w0) (local.get $b2))))
+      (local.set $c03 (f32x4.add (local.get $c03) (f32x4.mul (local.get $w0) (local.get $b3))))
+      (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $w1) (local.get $b0))))
+      (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $w1) (local.get $b1))))
+      (local.set $c12 (f32x4.add (local.get $c12) (f32x4.mul (local.get $w1) (local.get $b2))))
+      (local.set $c13 (f32x4.add (local.get $c13) (f32x4.mul (local.get $w1) (local.get $b3))))
+      (local.set $a (i32.add (local.get $a) (local.get $aCol)))
+      (local.set $b (i32.add (local.get $b) (local.get $bStride)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $next)))
+    (v128.store (local.get $out) (local.get $c00))
+    (v128.store offset=16 (local.get $out) (local.get $c01))
+    (v128.store offset=32 (local.get $out) (local.get $c02))
+    (v128.store offset=48 (local.get $out) (local.get $c03))
+    (local.set $out (i32.add (local.get $out) (local.get $outStride)))
+    (v128.store (local.get $out) (local.get $c10))
+    (v128.store offset=16 (local.get $out) (local.get $c11))
+    (v128.store offset=32 (local.get $out) (local.get $c12))
+    (v128.store offset=48 (local.get $out) (local.get $c13)))
 
-  ;; out_i ← Σ_j m[i][j]·v_j for i < n (or Σ_j m[j][i]·v_j when $transposed), where v_j = v + j·stride and
-  ;; out_i = out + i·stride are rows of `bytes / 4` values (a multiple of four) and m is n × n: a small matrix
-  ;; times a head's rows, one group of four columns at a time with its sum kept in a register.
-  (func $combine (param $out i32) (param $m i32) (param $v i32) (param $n i32) (param $stride i32) (param $bytes i32)
-    (param $transposed i32)
-    (local $i i32) (local $j i32) (local $c i32) (local $acc v128) (local $weight i32) (local $step i32)
-    ;; byte steps through m: along row i (j + 1), or down column i (j·n)
-    (local.set $step (select (i32.shl (local.get $n) (i32.const 2)) (i32.const 4) (local.get $transposed)))
-    (block $iDone (loop $nextI
-      (br_if $iDone (i32.ge_u (local.get $i) (local.get $n)))
+  ;; A small matrix product, written over out: out[i][·] ← Σ_k a(i, k)·b[k][·] for i < rows and k < inner, over
+  ;; `cols` bytes of each row (a multiple of 16). a(i, k) lies at a + i·aRow + k·aCol, so Aᵀ is the same call with
+  ;; aRow and aCol swapped; rows of b lie bStride bytes apart, rows of out outStride. Rows go two at a time and
+  ;; columns sixteen at a time where they can, then one row or four columns.
+  (func $mm (param $out i32) (param $outStride i32) (param $a i32) (param $aRow i32) (param $aCol i32)
+    (param $b i32) (param $bStride i32) (param $rows i32) (param $inner i32) (param $cols i32)
+    (local $i i32) (local $c i32) (local $ai i32) (local $oi i32)
+    (block $rowsDone (loop $nextRows
+      (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $rows)))
+      (local.set $ai (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $aRow))))
+      (local.set $oi (i32.add (local.get $out) (i32.mul (local.get $i) (local.get $outStride))))
       (local.set $c (i32.const 0))
-      (block $cDone (loop $nextC
-        (br_if $cDone (i32.ge_u (local.get $c) (local.get $bytes)))
-        (local.set $acc (global.get $ZERO))
-        (local.set $weight (i32.add (local.get $m)
-          (select (i32.shl (local.get $i) (i32.const 2)) (i32.shl (i32.mul (local.get $i) (local.get $n)) (i32.const 2))
-            (local.get $transposed))))
-        (local.set $j (i32.const 0))
-        (block $jDone (loop $nextJ
-          (br_if $jDone (i32.ge_u (local.get $j) (local.get $n)))
-          (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
-            (f32x4.splat (f32.load (local.get $weight)))
-            (v128.load (i32.add (local.get $v) (i32.add (i32.mul (local.get $j) (local.get $stride)) (local.get $c)))))))
-          (local.set $weight (i32.add (local.get $weight) (local.get $step)))
-          (local.set $j (i32.add (local.get $j) (i32.const 1)))
-          (br $nextJ)))
-        (v128.store (i32.add (local.get $out) (i32.add (i32.mul (local.get $i) (local.get $stride)) (local.get $c))) (local.get $acc))
-        (local.set $c (i32.add (local.get $c) (i32.const 16)))
-        (br $nextC)))
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $nextI))))
+      (if (i32.le_u (i32.add (local.get $i) (i32.const 2)) (local.get $rows))
+        (then
+          ;; a pair of rows
+          (block $wideDone (loop $wide
+            (br_if $wideDone (i32.gt_u (i32.add (local.get $c) (i32.const 64)) (local.get $cols)))
+            (call $block2x16 (i32.add (local.get $oi) (local.get $c)) (local.get $outStride) (local.get $ai) (local.get $aRow)
+              (local.get $aCol) (i32.add (local.get $b) (local.get $c)) (local.get $bStride) (local.get $inner))
+            (local.set $c (i32.add (local.get $c) (i32.const 64)))
+            (br $wide)))
+          (block $narrowDone (loop $narrow
+            (br_if $narrowDone (i32.ge_u (local.get $c) (local.get $cols)))
+            (call $block1x4 (i32.add (local.get $oi) (local.get $c)) (local.get $ai) (local.get $aCol)
+              (i32.add (local.get $b) (local.get $c)) (local.get $bStride) (local.get $inner))
+            (call $block1x4 (i32.add (i32.add (local.get $oi) (local.get $outStride)) (local.get $c))
+              (i32.add (local.get $ai) (local.get $aRow)) (local.get $aCol)
+              (i32.add (local.get $b) (local.get $c)) (local.get $bStride) (local.get $inner))
+            (local.set $c (i32.add (local.get $c) (i32.const 16)))
+            (br $narrow)))
+          (local.set $i (i32.add (local.get $i) (i32.const 2))))
+        (else
+          ;; the last row, when rows is odd
+          (block $lastDone (loop $last
+            (br_if $lastDone (i32.ge_u (local.get $c) (local.get $cols)))
+            (call $block1x4 (i32.add (local.get $oi) (local.get $c)) (local.get $ai) (local.get $aCol)
+              (i32.add (local.get $b) (local.get $c)) (local.get $bStride) (local.get $inner))
+            (local.set $c (i32.add (local.get $c) (i32.const 16)))
+            (br $last)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))))
+      (br $nextRows))))
+
+  ;; dst[c][r] ← src[r][c] for r < rows, c < cols (values; rows of src lie srcRow bytes apart, of dst dstRow).
+  (func $transpose (param $dst i32) (param $dstRow i32) (param $src i32) (param $srcRow i32) (param $rows i32)
+    (param $cols i32)
+    (local $r i32) (local $c i32) (local $from i32) (local $to i32)
+    (block $rowsDone (loop $nextRow
+      (br_if $rowsDone (i32.ge_u (local.get $r) (local.get $rows)))
+      (local.set $from (i32.add (local.get $src) (i32.mul (local.get $r) (local.get $srcRow))))
+      (local.set $to (i32.add (local.get $dst) (i32.shl (local.get $r) (i32.const 2))))
+      (local.set $c (i32.const 0))
+      (block $colsDone (loop $nextCol
+        (br_if $colsDone (i32.ge_u (local.get $c) (local.get $cols)))
+        (f32.store (local.get $to) (f32.load (local.get $from)))
+        (local.set $from (i32.add (local.get $from) (i32.const 4)))
+        (local.set $to (i32.add (local.get $to) (local.get $dstRow)))
+        (local.set $c (i32.add (local.get $c) (i32.const 1)))
+        (br $nextCol)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $nextRow))))
+
+  ;; The largest of the four lanes of $v.
+  (func $max4 (param $v v128) (result f32)
+    (f32.max
+      (f32.max (f32x4.extract_lane 0 (local.get $v)) (f32x4.extract_lane 1 (local.get $v)))
+      (f32.max (f32x4.extract_lane 2 (local.get $v)) (f32x4.extract_lane 3 (local.get $v)))))
 
   ;; Byte offset of the first value of head h of sequence b in a [batch, time, heads·size] tensor.
   (func $headAt (param $b i32) (param $h i32) (param $time i32) (param $stride i32) (param $bytes i32) (result i32)
     (i32.add (i32.mul (i32.mul (local.get $b) (local.get $time)) (local.get $stride)) (i32.mul (local.get $h) (local.get $bytes))))
 
+  ;; Bytes of a row of `time` values padded to a multiple of four: the rows of the scratch matrices.
+  (func $paddedRow (param $time i32) (result i32)
+    (i32.shl (i32.and (i32.add (local.get $time) (i32.const 3)) (i32.const -4)) (i32.const 2)))
+
   ;; Multi-head attention for q, k, v [batch, time, heads·size] (size a multiple of four) with an additive mask
   ;; [time, time]: per sequence and head, P = softmax(q·kᵀ·scale + mask) into p [batch, heads, time, time] and
   ;; out = P·v into the head's columns of out [batch, time, heads·size]. Rows of a head lie `width` values apart.
+  ;; scratch holds (size + 2·time)·t values, t = time rounded up to a multiple of four: kᵀ (size × t, the head's
+  ;; keys as columns, so that a row of scores is a row of a product), the scores (time × t) and the mask (time ×
+  ;; t, −∞ in the padding, which makes the padded scores vanish in the softmax).
   (func (export "attention")
-    (param $q i32) (param $k i32) (param $v i32) (param $mask i32) (param $out i32) (param $p i32)
+    (param $q i32) (param $k i32) (param $v i32) (param $mask i32) (param $out i32) (param $p i32) (param $scratch i32)
     (param $batch i32) (param $time i32) (param $width i32) (param $heads i32) (param $scale f32)
-    (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $stride i32) (local $bytes i32)
-    (local $head i32) (local $ph i32) (local $prow i32) (local $at i32) (local $s f32) (local $max f32) (local $inv f32)
+    (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $c i32) (local $stride i32) (local $bytes i32)
+    (local $padded i32) (local $full i32) (local $kt i32) (local $s i32) (local $m i32) (local $head i32) (local $ph i32)
+    (local $row i32) (local $mrow i32) (local $prow i32) (local $x v128) (local $top v128) (local $max v128)
+    (local $sum v128) (local $inv v128)
     (local.set $stride (i32.shl (local.get $width) (i32.const 2)))
     (local.set $bytes (i32.shl (i32.div_u (local.get $width) (local.get $heads)) (i32.const 2)))
+    (local.set $padded (call $paddedRow (local.get $time)))
+    (local.set $full (i32.shl (i32.and (local.get $time) (i32.const -4)) (i32.const 2)))
+    (local.set $kt (local.get $scratch))
+    (local.set $s (i32.add (local.get $kt) (i32.mul (i32.shr_u (local.get $bytes) (i32.const 2)) (local.get $padded))))
+    (local.set $m (i32.add (local.get $s) (i32.mul (local.get $time) (local.get $padded))))
+    ;; kᵀ's padding columns stay 0; the mask padded with −∞
+    (memory.fill (local.get $kt) (i32.const 0) (i32.sub (local.get $s) (local.get $kt)))
+    (local.set $i (i32.const 0))
+    (block $maskDone (loop $nextMaskRow
+      (br_if $maskDone (i32.ge_u (local.get $i) (local.get $time)))
+      (local.set $j (i32.const 0))
+      (block $maskRowDone (loop $nextMaskValue
+        (br_if $maskRowDone (i32.ge_u (i32.shl (local.get $j) (i32.const 2)) (local.get $padded)))
+        (f32.store (i32.add (i32.add (local.get $m) (i32.mul (local.get $i) (local.get $padded))) (i32.shl (local.get $j) (i32.const 2)))
+          (select (f32.load (i32.add (local.get $mask) (i32.shl (i32.add (i32.mul (local.get $i) (local.get $time)) (local.get $j)) (i32.const 2))))
+            (f32.const -inf) (i32.lt_u (local.get $j) (local.get $time))))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $nextMaskValue)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $nextMaskRow)))
     (block $batchDone (loop $nextBatch
       (br_if $batchDone (i32.ge_u (local.get $b) (local.get $batch)))
       (local.set $h (i32.const 0))
@@ -351,52 +412,82 @@
         (local.set $head (call $headAt (local.get $b) (local.get $h) (local.get $time) (local.get $stride) (local.get $bytes)))
         (local.set $ph (i32.add (local.get $p) (i32.shl (i32.mul (i32.mul
           (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $time)) (local.get $time)) (i32.const 2))))
-        ;; scores S = q·kᵀ·scale, then per row: + mask, softmax
-        (call $dots (local.get $ph) (i32.add (local.get $q) (local.get $head)) (i32.add (local.get $k) (local.get $head))
-          (local.get $time) (local.get $stride) (local.get $bytes) (local.get $scale))
+        ;; scores S = q·kᵀ, then per row: ·scale + mask, softmax
+        (call $transpose (local.get $kt) (local.get $padded) (i32.add (local.get $k) (local.get $head)) (local.get $stride)
+          (local.get $time) (i32.shr_u (local.get $bytes) (i32.const 2)))
+        (call $mm (local.get $s) (local.get $padded) (i32.add (local.get $q) (local.get $head)) (local.get $stride) (i32.const 4)
+          (local.get $kt) (local.get $padded) (local.get $time) (i32.shr_u (local.get $bytes) (i32.const 2)) (local.get $padded))
         (local.set $i (i32.const 0))
         (block $rowsDone (loop $nextRow
           (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $time)))
+          (local.set $row (i32.add (local.get $s) (i32.mul (local.get $i) (local.get $padded))))
+          (local.set $mrow (i32.add (local.get $m) (i32.mul (local.get $i) (local.get $padded))))
+          (local.set $top (f32x4.splat (f32.const -inf)))
+          (local.set $c (i32.const 0))
+          (block $scaleDone (loop $nextScale
+            (br_if $scaleDone (i32.ge_u (local.get $c) (local.get $padded)))
+            (local.set $x (f32x4.add (f32x4.mul (v128.load (i32.add (local.get $row) (local.get $c))) (f32x4.splat (local.get $scale)))
+              (v128.load (i32.add (local.get $mrow) (local.get $c)))))
+            (v128.store (i32.add (local.get $row) (local.get $c)) (local.get $x))
+            (local.set $top (f32x4.max (local.get $top) (local.get $x)))
+            (local.set $c (i32.add (local.get $c) (i32.const 16)))
+            (br $nextScale)))
+          (local.set $max (f32x4.splat (call $max4 (local.get $top))))
+          (local.set $sum (global.get $ZERO))
+          (local.set $c (i32.const 0))
+          (block $expDone (loop $nextExp
+            (br_if $expDone (i32.ge_u (local.get $c) (local.get $padded)))
+            (local.set $x (call $exp (f32x4.sub (v128.load (i32.add (local.get $row) (local.get $c))) (local.get $max))))
+            (v128.store (i32.add (local.get $row) (local.get $c)) (local.get $x))
+            (local.set $sum (f32x4.add (local.get $sum) (local.get $x)))
+            (local.set $c (i32.add (local.get $c) (i32.const 16)))
+            (br $nextExp)))
+          (local.set $inv (f32x4.splat (f32.div (f32.const 1) (call $sum4 (local.get $sum)))))
+          ;; normalised, in the scratch row and (without the padding) in p
           (local.set $prow (i32.add (local.get $ph) (i32.shl (i32.mul (local.get $i) (local.get $time)) (i32.const 2))))
-          (local.set $max (f32.const -inf))
-          (local.set $j (i32.const 0))
-          (block $maskDone (loop $nextMask
-            (br_if $maskDone (i32.ge_u (local.get $j) (local.get $time)))
-            (local.set $at (i32.shl (local.get $j) (i32.const 2)))
-            (local.set $s (f32.add (f32.load (i32.add (local.get $prow) (local.get $at)))
-              (f32.load (i32.add (local.get $mask) (i32.add (i32.shl (i32.mul (local.get $i) (local.get $time)) (i32.const 2)) (local.get $at))))))
-            (f32.store (i32.add (local.get $prow) (local.get $at)) (local.get $s))
-            (local.set $max (f32.max (local.get $max) (local.get $s)))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
-            (br $nextMask)))
-          (local.set $inv (f32.div (f32.const 1) (call $expRow (local.get $prow) (local.get $time) (local.get $max))))
-          (local.set $j (i32.const 0))
+          (local.set $c (i32.const 0))
           (block $normDone (loop $nextNorm
-            (br_if $normDone (i32.ge_u (local.get $j) (local.get $time)))
-            (local.set $at (i32.add (local.get $prow) (i32.shl (local.get $j) (i32.const 2))))
-            (f32.store (local.get $at) (f32.mul (f32.load (local.get $at)) (local.get $inv)))
-            (local.set $j (i32.add (local.get $j) (i32.const 1)))
+            (br_if $normDone (i32.ge_u (local.get $c) (local.get $padded)))
+            (local.set $x (f32x4.mul (v128.load (i32.add (local.get $row) (local.get $c))) (local.get $inv)))
+            (v128.store (i32.add (local.get $row) (local.get $c)) (local.get $x))
+            (if (i32.lt_u (local.get $c) (local.get $full))
+              (then (v128.store (i32.add (local.get $prow) (local.get $c)) (local.get $x))))
+            (local.set $c (i32.add (local.get $c) (i32.const 16)))
             (br $nextNorm)))
+          (local.set $c (local.get $full))
+          (block $tailDone (loop $nextTail
+            (br_if $tailDone (i32.ge_u (local.get $c) (i32.shl (local.get $time) (i32.const 2))))
+            (f32.store (i32.add (local.get $prow) (local.get $c)) (f32.load (i32.add (local.get $row) (local.get $c))))
+            (local.set $c (i32.add (local.get $c) (i32.const 4)))
+            (br $nextTail)))
           (local.set $i (i32.add (local.get $i) (i32.const 1)))
           (br $nextRow)))
         ;; out = P·v
-        (call $combine (i32.add (local.get $out) (local.get $head)) (local.get $ph) (i32.add (local.get $v) (local.get $head))
-          (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 0))
+        (call $mm (i32.add (local.get $out) (local.get $head)) (local.get $stride) (local.get $s) (local.get $padded) (i32.const 4)
+          (i32.add (local.get $v) (local.get $head)) (local.get $stride) (local.get $time) (local.get $time) (local.get $bytes))
         (local.set $h (i32.add (local.get $h) (i32.const 1)))
         (br $nextHead)))
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $nextBatch))))
 
   ;; The gradients of attention from dy [batch, time, heads·size]: dv = Pᵀ·dy and, when $both,
-  ;; dS = P ⊙ (dy·vᵀ − rowsum(P ⊙ dy·vᵀ))·scale (in $scratch, time × time values), dq = dS·k, dk = dSᵀ·q.
+  ;; dS = P ⊙ (dy·vᵀ − rowsum(P ⊙ dy·vᵀ))·scale, dq = dS·k, dk = dSᵀ·q. scratch holds (size + time)·t values
+  ;; (t as in attention): vᵀ and dS.
   (func (export "attention_grad")
     (param $dy i32) (param $q i32) (param $k i32) (param $v i32) (param $p i32)
     (param $dq i32) (param $dk i32) (param $dv i32) (param $scratch i32)
     (param $batch i32) (param $time i32) (param $width i32) (param $heads i32) (param $scale f32) (param $both i32)
-    (local $b i32) (local $h i32) (local $i i32) (local $j i32) (local $stride i32) (local $bytes i32)
-    (local $head i32) (local $ph i32) (local $at i32) (local $row i32) (local $dot f32)
+    (local $b i32) (local $h i32) (local $i i32) (local $c i32) (local $stride i32) (local $bytes i32) (local $padded i32)
+    (local $full i32) (local $end i32) (local $vt i32) (local $ds i32) (local $head i32) (local $ph i32) (local $prow i32)
+    (local $row i32) (local $acc v128) (local $dot f32) (local $dots v128)
     (local.set $stride (i32.shl (local.get $width) (i32.const 2)))
     (local.set $bytes (i32.shl (i32.div_u (local.get $width) (local.get $heads)) (i32.const 2)))
+    (local.set $padded (call $paddedRow (local.get $time)))
+    (local.set $full (i32.shl (i32.and (local.get $time) (i32.const -4)) (i32.const 2)))
+    (local.set $end (i32.shl (local.get $time) (i32.const 2)))
+    (local.set $vt (local.get $scratch))
+    (local.set $ds (i32.add (local.get $vt) (i32.mul (i32.shr_u (local.get $bytes) (i32.const 2)) (local.get $padded))))
+    (memory.fill (local.get $vt) (i32.const 0) (i32.sub (local.get $ds) (local.get $vt)))
     (block $batchDone (loop $nextBatch
       (br_if $batchDone (i32.ge_u (local.get $b) (local.get $batch)))
       (local.set $h (i32.const 0))
@@ -406,42 +497,60 @@
         (local.set $ph (i32.add (local.get $p) (i32.shl (i32.mul (i32.mul
           (i32.add (i32.mul (local.get $b) (local.get $heads)) (local.get $h)) (local.get $time)) (local.get $time)) (i32.const 2))))
         ;; dv = Pᵀ·dy
-        (call $combine (i32.add (local.get $dv) (local.get $head)) (local.get $ph) (i32.add (local.get $dy) (local.get $head))
-          (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 1))
+        (call $mm (i32.add (local.get $dv) (local.get $head)) (local.get $stride) (local.get $ph) (i32.const 4) (local.get $end)
+          (i32.add (local.get $dy) (local.get $head)) (local.get $stride) (local.get $time) (local.get $time) (local.get $bytes))
         (if (local.get $both)
           (then
-            ;; dP = dy·vᵀ into scratch, then dS in place, row by row
-            (call $dots (local.get $scratch) (i32.add (local.get $dy) (local.get $head)) (i32.add (local.get $v) (local.get $head))
-              (local.get $time) (local.get $stride) (local.get $bytes) (f32.const 1))
+            ;; dP = dy·vᵀ, then dS in place, row by row
+            (call $transpose (local.get $vt) (local.get $padded) (i32.add (local.get $v) (local.get $head)) (local.get $stride)
+              (local.get $time) (i32.shr_u (local.get $bytes) (i32.const 2)))
+            (call $mm (local.get $ds) (local.get $padded) (i32.add (local.get $dy) (local.get $head)) (local.get $stride) (i32.const 4)
+              (local.get $vt) (local.get $padded) (local.get $time) (i32.shr_u (local.get $bytes) (i32.const 2)) (local.get $padded))
             (local.set $i (i32.const 0))
             (block $rowsDone (loop $nextRow
               (br_if $rowsDone (i32.ge_u (local.get $i) (local.get $time)))
-              (local.set $row (i32.shl (i32.mul (local.get $i) (local.get $time)) (i32.const 2)))
-              (local.set $dot (f32.const 0))
-              (local.set $j (i32.const 0))
+              (local.set $row (i32.add (local.get $ds) (i32.mul (local.get $i) (local.get $padded))))
+              (local.set $prow (i32.add (local.get $ph) (i32.mul (local.get $i) (local.get $end))))
+              ;; rowsum(P ⊙ dP): four at a time, then the last time mod 4 one by one
+              (local.set $acc (global.get $ZERO))
+              (local.set $c (i32.const 0))
               (block $sumDone (loop $nextSum
-                (br_if $sumDone (i32.ge_u (local.get $j) (local.get $time)))
-                (local.set $at (i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2))))
-                (local.set $dot (f32.add (local.get $dot) (f32.mul
-                  (f32.load (i32.add (local.get $ph) (local.get $at))) (f32.load (i32.add (local.get $scratch) (local.get $at))))))
-                (local.set $j (i32.add (local.get $j) (i32.const 1)))
+                (br_if $sumDone (i32.ge_u (local.get $c) (local.get $full)))
+                (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul
+                  (v128.load (i32.add (local.get $prow) (local.get $c))) (v128.load (i32.add (local.get $row) (local.get $c))))))
+                (local.set $c (i32.add (local.get $c) (i32.const 16)))
                 (br $nextSum)))
-              (local.set $j (i32.const 0))
+              (local.set $dot (call $sum4 (local.get $acc)))
+              (block $sumTailDone (loop $nextSumTail
+                (br_if $sumTailDone (i32.ge_u (local.get $c) (local.get $end)))
+                (local.set $dot (f32.add (local.get $dot) (f32.mul
+                  (f32.load (i32.add (local.get $prow) (local.get $c))) (f32.load (i32.add (local.get $row) (local.get $c))))))
+                (local.set $c (i32.add (local.get $c) (i32.const 4)))
+                (br $nextSumTail)))
+              ;; dS = P ⊙ (dP − rowsum)·scale
+              (local.set $dots (f32x4.splat (local.get $dot)))
+              (local.set $c (i32.const 0))
               (block $dsDone (loop $nextDs
-                (br_if $dsDone (i32.ge_u (local.get $j) (local.get $time)))
-                (local.set $at (i32.add (local.get $row) (i32.shl (local.get $j) (i32.const 2))))
-                (f32.store (i32.add (local.get $scratch) (local.get $at)) (f32.mul (f32.mul
-                  (f32.load (i32.add (local.get $ph) (local.get $at)))
-                  (f32.sub (f32.load (i32.add (local.get $scratch) (local.get $at))) (local.get $dot))) (local.get $scale)))
-                (local.set $j (i32.add (local.get $j) (i32.const 1)))
+                (br_if $dsDone (i32.ge_u (local.get $c) (local.get $full)))
+                (v128.store (i32.add (local.get $row) (local.get $c)) (f32x4.mul (f32x4.mul
+                  (v128.load (i32.add (local.get $prow) (local.get $c)))
+                  (f32x4.sub (v128.load (i32.add (local.get $row) (local.get $c))) (local.get $dots))) (f32x4.splat (local.get $scale))))
+                (local.set $c (i32.add (local.get $c) (i32.const 16)))
                 (br $nextDs)))
+              (block $dsTailDone (loop $nextDsTail
+                (br_if $dsTailDone (i32.ge_u (local.get $c) (local.get $end)))
+                (f32.store (i32.add (local.get $row) (local.get $c)) (f32.mul (f32.mul
+                  (f32.load (i32.add (local.get $prow) (local.get $c)))
+                  (f32.sub (f32.load (i32.add (local.get $row) (local.get $c))) (local.get $dot))) (local.get $scale)))
+                (local.set $c (i32.add (local.get $c) (i32.const 4)))
+                (br $nextDsTail)))
               (local.set $i (i32.add (local.get $i) (i32.const 1)))
               (br $nextRow)))
             ;; dq = dS·k, dk = dSᵀ·q
-            (call $combine (i32.add (local.get $dq) (local.get $head)) (local.get $scratch) (i32.add (local.get $k) (local.get $head))
-              (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 0))
-            (call $combine (i32.add (local.get $dk) (local.get $head)) (local.get $scratch) (i32.add (local.get $q) (local.get $head))
-              (local.get $time) (local.get $stride) (local.get $bytes) (i32.const 1))))
+            (call $mm (i32.add (local.get $dq) (local.get $head)) (local.get $stride) (local.get $ds) (local.get $padded) (i32.const 4)
+              (i32.add (local.get $k) (local.get $head)) (local.get $stride) (local.get $time) (local.get $time) (local.get $bytes))
+            (call $mm (i32.add (local.get $dk) (local.get $head)) (local.get $stride) (local.get $ds) (i32.const 4) (local.get $padded)
+              (i32.add (local.get $q) (local.get $head)) (local.get $stride) (local.get $time) (local.get $time) (local.get $bytes))))
         (local.set $h (i32.add (local.get $h) (i32.const 1)))
         (br $nextHead)))
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
