@@ -2,7 +2,7 @@
  * The floor under one full-finetuning step of the bench's GPT (2 layers, width 64, 4 heads, context 16, batch
  * 64 sequences: 1,024 positions) on one backend, as `floor.ts` measures it for the MLP: the matrix products of
  * the forward and backward pass alone, the transposes wasm needs before its fast products, attention's
- * per-head products alone, and Adam's update of the 104,960 parameters alone. No training step can be faster
+ * per-head products alone (with BLAS, the fused attention kernels where they run in vector loops), and Adam's update of the 104,960 parameters alone. No training step can be faster
  * than their sum, whatever else is removed.
  *
  * Every product is timed with a weight operand that is new on every call, as in training: wasm packs the
@@ -15,7 +15,8 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Adam, GPT, initBackend, trainableVariables } from "../lib/mod.ts";
-import { channelMatMul } from "../lib/gpt/mod.ts";
+import { causalMask, channelMatMul } from "../lib/gpt/mod.ts";
+import { fusedAttention, fusedAttentionGrad, fusedAttentionInUse, VECTOR_ATTENTION_MAX_VALUES } from "../lib/fused.ts";
 import { GPT_BENCH_CONFIG } from "./gpt_bench.ts";
 import { blasGemm } from "../lib/blas.ts";
 import { timeCalls } from "./timing.ts";
@@ -94,12 +95,24 @@ for (const [r, c, name, count] of blas ? [] : transposes) {
   const values = Float32Array.from({ length: r * c }, (_, i) => Math.cos(i));
   row(`transpose ${name}`, `${r}×${c}`, count, await withFresh(values, [r, c], (t) => tf.transpose(t)), 0);
 }
-// Attention's per-head products: 2 forward, 4 backward per layer. On wasm as depthwise convolutions (the readable
-// path of lib/gpt/ops.ts); with BLAS one cblas_sgemm per head and sequence, as the fused attention of
-// lib/fused.ts runs them (its softmax and the rest of the kernel are not counted).
+// Attention's per-head products: 2 forward, 4 backward per layer, as the step runs them. In the fused attention's
+// vector loops (lib/fused.ts: on wasm, and with BLAS for heads up to VECTOR_ATTENTION_MAX_VALUES), timed whole,
+// forward and backward with the softmax, since the loops' products cannot be called alone; with BLAS for larger
+// heads, one cblas_sgemm per head and sequence (softmax not counted); with LORA_FUSED=off, as the depthwise
+// convolutions of the readable path (lib/gpt/ops.ts).
 const T = GPT_BENCH_CONFIG.blockSize, heads = GPT_BENCH_CONFIG.nHead, D = C / heads, channels = 64 * heads;
 const flops = 2 * channels * T * D * T;
-if (blas) {
+if (fusedAttentionInUse(D) && (!blas || T * D <= VECTOR_ATTENTION_MAX_VALUES)) {
+  const q = tf.randomNormal([64, T, C], 0, 1, "float32", 3), mask = causalMask(T), dy = tf.onesLike(q);
+  const both = await time(() =>
+    tf.tidy(() => {
+      const { p } = fusedAttention(q, q, q, mask, heads, 1 / Math.sqrt(D));
+      fusedAttentionGrad(dy, q, q, q, p, heads, 1 / Math.sqrt(D), true);
+    })
+  );
+  row(`attention, vector loops, forward + backward (softmax included)`, `${channels}×${T}×${D}`, LAYERS, both, 0);
+  tf.dispose([q, mask, dy]);
+} else if (blas) {
   const gemm = blasGemm()!, qkv = Float32Array.from({ length: N * C }, (_, i) => Math.sin(i));
   const scores = new Float32Array(T * T);
   const perHead = await time(() => {
@@ -153,5 +166,5 @@ row(
 console.log(`| **sum** | | | | | **${total.toFixed(2)}** |`);
 console.log(
   `\nFloor of a full-finetuning step: ${total.toFixed(2)} ms, so at most ${(1000 * N / total).toFixed(0)} ` +
-    `training tokens/s (${N} positions per step) before any LayerNorm, GELU, softmax, bias, residual or loss kernel.`,
+    `training tokens/s (${N} positions per step) before any other kernel (LayerNorm, GELU, bias, residual, loss, and softmax where attention is not timed whole).`,
 );
