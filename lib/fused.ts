@@ -6,9 +6,9 @@
  * tiny GPT a training step ran 652 of them, and runs 251 fused (239 with LoRA, where `ops.ts`'s `loraLinear` uses
  * {@linkcode fusedProduct}). `bench/profile.ts` prints the kernels of a step.
  *
- * The loops are WebAssembly SIMD where the runtime has it (`simd.wat`: GELU, layer normalisation, small heads'
- * attention, and Adam's update in `optim.ts`), JavaScript otherwise; attention's larger heads and the LoRA sums go
- * to BLAS (`blas.ts`) when it is in use.
+ * The loops are WebAssembly SIMD where the runtime has it (`simd.wat`: GELU, layer normalisation, attention for
+ * heads of up to 1,024 values, and Adam's update in `optim.ts`), JavaScript otherwise; attention's larger heads and
+ * the LoRA sums go to BLAS (`blas.ts`) when it is in use.
  *
  * The readable formulas stay in `gpt/ops.ts` beside the fused paths, as nanoGPT keeps its manual attention beside
  * flash attention: they run on every other backend, on wasm when {@linkcode disableFused} is called (or
@@ -206,11 +206,12 @@ export function fusedGelu(x: tf.Tensor, derivative: boolean): { value: tf.Tensor
 
 /**
  * Multi-head attention on `q`, `k`, `v` `[batch, time, heads · size]` with an additive `mask` `[time, time]`:
- * for every sequence and head, `P = softmax(q·kᵀ · scale + mask)` and `out = P·v`, the products in BLAS, each
- * head's columns read in place (no transposes), the softmax in between. Returns `out` in the layout of `q` and
- * `p` `[batch, heads, time, time]`, which the gradient needs. Requires {@linkcode fusedAttentionInUse}. Heads whose
- * size is a multiple of four run in the vector loops of `simd.wat` (one call for all heads, where BLAS needs two calls
- * per head) when they are small ({@linkcode VECTOR_ATTENTION_MAX_VALUES}) or BLAS is missing; others in BLAS.
+ * for every sequence and head, `P = softmax(q·kᵀ · scale + mask)` and `out = P·v`, each head's columns read in
+ * place, the softmax in between. Returns `out` in the layout of `q` and `p` `[batch, heads, time, time]`, which the
+ * gradient needs. Requires {@linkcode fusedAttentionInUse}. Heads whose size is a multiple of four run in the vector
+ * loops of `simd.wat` (one call for all heads, the products in register blocks against `kᵀ` copied to scratch) when
+ * they hold at most {@linkcode VECTOR_ATTENTION_MAX_VALUES} values or BLAS is missing; others in BLAS, two
+ * `cblas_sgemm` calls per head with the transposes as flags.
  *
  * @example
  * ```ts
