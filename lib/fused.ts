@@ -778,13 +778,16 @@ function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
   const iz = heap.index(logits), it = heap.index(targets), ig = grad === null ? -1 : heap.index(grad);
   let total = 0, count = 0;
   const sums = new Float64Array(rows);
+  // the exponentials go into the gradient's rows as they are summed; the second pass only scales them, once the
+  // number of counted rows (the mean's divisor) is known
   for (let r = 0; r < rows; r++) {
-    const t = ints[it + r], o = iz + r * vocab;
+    const t = ints[it + r], o = iz + r * vocab, g = ig + r * vocab;
     if (!(t >= 0 && t < vocab)) continue;
     let max = -Infinity;
     for (let j = 0; j < vocab; j++) if (f[o + j] > max) max = f[o + j];
     let sum = 0;
-    for (let j = 0; j < vocab; j++) sum += expNonPositive(f[o + j] - max);
+    if (ig >= 0) { for (let j = 0; j < vocab; j++) sum += f[g + j] = expNonPositive(f[o + j] - max); }
+    else for (let j = 0; j < vocab; j++) sum += expNonPositive(f[o + j] - max);
     sums[r] = sum;
     total += Math.log(sum) - (f[o + t] - max);
     count++;
@@ -793,15 +796,13 @@ function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
   f[heap.index(loss)] = total * scale;
   if (ig >= 0) {
     for (let r = 0; r < rows; r++) {
-      const t = ints[it + r], o = iz + r * vocab, g = ig + r * vocab;
+      const t = ints[it + r], g = ig + r * vocab;
       if (!(t >= 0 && t < vocab)) {
         f.fill(0, g, g + vocab);
         continue;
       }
-      let max = -Infinity;
-      for (let j = 0; j < vocab; j++) if (f[o + j] > max) max = f[o + j];
       const norm = scale / sums[r];
-      for (let j = 0; j < vocab; j++) f[g + j] = expNonPositive(f[o + j] - max) * norm;
+      for (let j = 0; j < vocab; j++) f[g + j] *= norm;
       f[g + t] -= scale;
     }
   }
