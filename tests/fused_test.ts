@@ -139,11 +139,14 @@ Deno.test("cross-entropy: loss and gradient match, with ignored and out-of-vocab
   tf.dispose([logits, targets, none]);
 });
 
-// [batch, time, width, heads]: heads of 4 values (vector loops, time padded to 8); of 16 over an odd time (the
-// loops' two-row, sixteen-column blocks and their odd last row); of 20 (a block and four more columns); of 5 (BLAS,
-// or the formulas without it); heads past VECTOR_ATTENTION_MAX_VALUES (BLAS where it is available, else the loops)
+// [batch, time, width, heads]: heads of 4 values (vector loops, time padded to 8); one position (a single row);
+// heads of 16 over an odd time (the loops' two-row, sixteen-column blocks and their odd last row); of 20 (a block
+// and four more columns); of 64 over 3 positions (four blocks a row); of 5 (BLAS, or the formulas without it);
+// heads past VECTOR_ATTENTION_MAX_VALUES (BLAS where it is available, else the loops)
 const ATTENTION_SHAPES = [
   [3, 6, 12, 3],
+  [2, 1, 8, 2],
+  [1, 3, 64, 1],
   [2, 7, 32, 2],
   [2, 9, 40, 2],
   [2, 5, 15, 3],
