@@ -3,7 +3,7 @@
  * product that starts from a third matrix (LoRA's sums), each with its gradient, as one loop (or one loop around
  * BLAS products) over the tensors as they lie on the wasm heap, where the readable formulas of `gpt/ops.ts` run
  * eight to forty kernels. Every tfjs kernel costs its own dispatch, allocation and pass over memory: on the bench's
- * tiny GPT a training step ran 652 of them, and runs 251 fused (239 with LoRA, where `ops.ts`'s `loraLinear` uses
+ * tiny GPT a training step ran 652 of them, and runs 251 fused (242 with LoRA, where `ops.ts`'s `loraLinear` uses
  * {@linkcode fusedProduct}). `bench/profile.ts` prints the kernels of a step.
  *
  * The loops are WebAssembly SIMD where the runtime has it (`simd.wat`: GELU, layer normalisation, attention for
@@ -774,6 +774,8 @@ function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
   const [rows, vocab] = logits.shape;
   const heap = heapOf(args.backend);
   const loss = heap.makeOutput([]), grad = args.attrs.gradient === true ? heap.makeOutput(logits.shape) : null;
+  const loops = vectorLoops(args.backend, vocab >= 4);
+  if (loops !== null) return vectorCrossEntropy(args, loops, loss, grad);
   const f = heap.floats(), ints = new Int32Array(f.buffer);
   const iz = heap.index(logits), it = heap.index(targets), ig = grad === null ? -1 : heap.index(grad);
   let total = 0, count = 0;
@@ -806,6 +808,56 @@ function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
       f[g + t] -= scale;
     }
   }
+  return grad === null ? [loss] : [loss, grad];
+}
+
+/**
+ * The sequence cross-entropy with the softmax's rows in the vector loops (`softmax_rows`: maximum, exponentials
+ * into the gradient, their sum) and only a logarithm per row and the scaling (`scale`) left to JavaScript: the
+ * exponentials, nearly all the work for a vocabulary of thousands, four at a time.
+ */
+function vectorCrossEntropy(
+  args: KernelArgs,
+  loops: SimdLoops,
+  loss: KernelTensor,
+  grad: KernelTensor | null,
+): KernelTensor[] {
+  const { logits, targets } = args.inputs;
+  const [rows, vocab] = logits.shape;
+  const heap = heapOf(args.backend), pieces = heap.makeOutput([2, rows]);
+  const ip = heap.index(pieces);
+  loops.softmax_rows(
+    4 * heap.index(logits),
+    grad === null ? 0 : 4 * heap.index(grad),
+    4 * ip,
+    4 * (ip + rows),
+    rows,
+    vocab,
+    grad === null ? 0 : 1,
+  );
+  const f = heap.floats(), ints = new Int32Array(f.buffer);
+  const iz = heap.index(logits), it = heap.index(targets), ig = grad === null ? -1 : heap.index(grad);
+  let total = 0, count = 0;
+  for (let r = 0; r < rows; r++) {
+    const t = ints[it + r];
+    if (!(t >= 0 && t < vocab)) continue;
+    total += Math.log(f[ip + rows + r]) - (f[iz + r * vocab + t] - f[ip + r]);
+    count++;
+  }
+  const scale = 1 / Math.max(count, 1);
+  f[heap.index(loss)] = total * scale;
+  if (ig >= 0) {
+    for (let r = 0; r < rows; r++) {
+      const t = ints[it + r], g = ig + r * vocab;
+      if (!(t >= 0 && t < vocab)) {
+        f.fill(0, g, g + vocab);
+        continue;
+      }
+      loops.scale(4 * g, vocab, scale / f[ip + rows + r]);
+      f[g + t] -= scale;
+    }
+  }
+  (args.backend as { disposeData(dataId: object): void }).disposeData(pieces.dataId);
   return grad === null ? [loss] : [loss, grad];
 }
 

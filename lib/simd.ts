@@ -72,6 +72,13 @@ export interface SimdLoops {
     scale: number,
     both: number,
   ): void;
+  /**
+   * Per row of `x` `[rows, n]` (`n ≥ 4`): its largest value into `maxes`, `e^(x − max)` into `out` where `store` is 1,
+   * and the sum of those into `sums`.
+   */
+  softmax_rows(x: number, out: number, maxes: number, sums: number, rows: number, n: number, store: number): void;
+  /** `x[i] ← x[i]·factor` for `i < n`. */
+  scale(x: number, n: number, factor: number): void;
   /** One Adam step for `n` values: the moments `m`, `v` in place, the new values into `next`; `rest` is 1 − β. */
   adam(
     p: number,

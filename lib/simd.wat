@@ -33,6 +33,7 @@
   (global $SIGN v128 (v128.const i32x4 0x80000000 0x80000000 0x80000000 0x80000000))
   (global $INV_SQRT_2PI v128 (v128.const f32x4 0.39894228 0.39894228 0.39894228 0.39894228))
   (global $ZERO v128 (v128.const f32x4 0 0 0 0))
+  (global $LANES v128 (v128.const i32x4 0 1 2 3))
 
   ;; e^y for y ≤ 0 (0 below −87, where e^y leaves float32's normal range): y = k·ln 2 + r with k an integer
   ;; and |r| ≤ ln 2 / 2 (ln 2 split in two for exactness), e^r by its Taylor series to r⁶ (relative error
@@ -555,6 +556,69 @@
         (br $nextHead)))
       (local.set $b (i32.add (local.get $b) (i32.const 1)))
       (br $nextBatch))))
+
+  ;; Per row r < rows of x [rows, n] (n ≥ 4 values): the largest value into maxes[r], e = e^(x − max) into the row
+  ;; of out (when $store), and the sum of the row's e into sums[r]: the softmax's pieces, which cross-entropy
+  ;; completes (fused.ts). When n is not a multiple of four, the last group of four overlaps the one before it;
+  ;; the lanes already counted are masked out of the sum.
+  (func (export "softmax_rows") (param $x i32) (param $out i32) (param $maxes i32) (param $sums i32) (param $rows i32)
+    (param $n i32) (param $store i32)
+    (local $r i32) (local $c i32) (local $bytes i32) (local $full i32) (local $row i32) (local $top v128) (local $max v128)
+    (local $e v128) (local $sum v128) (local $fresh v128)
+    (local.set $bytes (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $full (i32.and (local.get $bytes) (i32.const -16)))
+    ;; the lanes of the overlapping last group not counted before it: lane ≥ 4 − n mod 4
+    (local.set $fresh (i32x4.ge_s (global.get $LANES)
+      (i32x4.splat (i32.sub (i32.const 4) (i32.and (local.get $n) (i32.const 3))))))
+    (block $rowsDone (loop $nextRow
+      (br_if $rowsDone (i32.ge_u (local.get $r) (local.get $rows)))
+      (local.set $row (i32.mul (local.get $r) (local.get $bytes)))
+      ;; the largest value (the overlapping group changes nothing for a maximum)
+      (local.set $top (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (i32.sub (local.get $bytes) (i32.const 16))))))
+      (local.set $c (i32.const 0))
+      (block $maxDone (loop $nextMax
+        (br_if $maxDone (i32.ge_u (local.get $c) (local.get $full)))
+        (local.set $top (f32x4.max (local.get $top) (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $c))))))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $nextMax)))
+      (local.set $max (f32x4.splat (call $max4 (local.get $top))))
+      ;; e and its sum
+      (local.set $sum (global.get $ZERO))
+      (local.set $c (i32.const 0))
+      (block $expDone (loop $nextExp
+        (br_if $expDone (i32.ge_u (local.get $c) (local.get $full)))
+        (local.set $e (call $exp (f32x4.sub (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $c)))) (local.get $max))))
+        (if (local.get $store) (then (v128.store (i32.add (local.get $out) (i32.add (local.get $row) (local.get $c))) (local.get $e))))
+        (local.set $sum (f32x4.add (local.get $sum) (local.get $e)))
+        (local.set $c (i32.add (local.get $c) (i32.const 16)))
+        (br $nextExp)))
+      (if (i32.ne (local.get $full) (local.get $bytes))
+        (then
+          (local.set $c (i32.sub (local.get $bytes) (i32.const 16)))
+          (local.set $e (call $exp (f32x4.sub (v128.load (i32.add (local.get $x) (i32.add (local.get $row) (local.get $c)))) (local.get $max))))
+          (if (local.get $store) (then (v128.store (i32.add (local.get $out) (i32.add (local.get $row) (local.get $c))) (local.get $e))))
+          (local.set $sum (f32x4.add (local.get $sum) (v128.and (local.get $e) (local.get $fresh))))))
+      (f32.store (i32.add (local.get $maxes) (i32.shl (local.get $r) (i32.const 2))) (f32x4.extract_lane 0 (local.get $max)))
+      (f32.store (i32.add (local.get $sums) (i32.shl (local.get $r) (i32.const 2))) (call $sum4 (local.get $sum)))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $nextRow))))
+
+  ;; x[i] ← x[i]·factor for i < n, four at a time, the last n mod 4 one by one.
+  (func (export "scale") (param $x i32) (param $n i32) (param $factor f32)
+    (local $i i32) (local $bytes i32) (local $full i32) (local $f v128)
+    (local.set $bytes (i32.shl (local.get $n) (i32.const 2)))
+    (local.set $full (i32.and (local.get $bytes) (i32.const -16)))
+    (local.set $f (f32x4.splat (local.get $factor)))
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $full)))
+      (v128.store (i32.add (local.get $x) (local.get $i)) (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $i))) (local.get $f)))
+      (local.set $i (i32.add (local.get $i) (i32.const 16)))
+      (br $next)))
+    (block $tailDone (loop $tail
+      (br_if $tailDone (i32.ge_u (local.get $i) (local.get $bytes)))
+      (f32.store (i32.add (local.get $x) (local.get $i)) (f32.mul (f32.load (i32.add (local.get $x) (local.get $i))) (local.get $factor)))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $tail))))
 
   ;; One Adam step for n values: m ← β₁·m + (1 − β₁)·g, v ← β₂·v + (1 − β₂)·g² (both in place), and
   ;; next ← p − α·m / (√v + ε), with the bias corrections folded into α and ε by the caller (optim.ts). 1 − β₁ and
