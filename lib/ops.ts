@@ -14,7 +14,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { blasInUse } from "./blas.ts";
 import { fusedCrossEntropy, fusedInUse, fusedProduct, fusedProductsInUse } from "./fused.ts";
-import { requiresGrad } from "./tfjs_internals.ts";
+import { requiresGrad, tapeRecording } from "./tfjs_internals.ts";
 
 type Save = (tensors: tf.Tensor[]) => void;
 type Grad = { value: tf.Tensor2D; gradFunc: (dy: tf.Tensor2D, saved: tf.Tensor[]) => tf.Tensor[] };
@@ -177,8 +177,9 @@ export interface Forward<T extends tf.Tensor> {
 
 /**
  * Runs `forward` as one node of the gradient tape whose inputs are only those of `inputs` that need a gradient
- * (`requiresGrad`; the others enter as constants); outside a gradient, or when no input needs one, it is a plain
- * tidy computation. `forward` learns which inputs need a gradient (`needs`) and must `save` every tensor its
+ * (`requiresGrad`; the others enter as constants); outside a gradient it is a plain tidy computation. When a tape
+ * records but no input needs a gradient (a frozen start of a network, or `tf.grad` with respect to a plain tensor),
+ * the node is still recorded, so that `tf.grad` reaches through fused kernels too. `forward` learns which inputs need a gradient (`needs`) and must `save` every tensor its
  * backward pass reads. The backward pass runs in its own tidy: tfjs runs a custom gradient outside the per-node
  * scope its own gradients get, so without it every temporary of every backward pass would live until the whole
  * backward pass ends. The operations of `gpt/ops.ts` and `hf/ops.ts` are built on it.
@@ -204,7 +205,10 @@ export function customOp<T extends tf.Tensor>(
 ): T {
   const needs = inputs.map((t) => requiresGrad(t));
   const active = needs.flatMap((need, i) => (need ? [i] : []));
-  if (active.length === 0) return tf.tidy(() => forward(inputs, needs, () => {}).value);
+  if (active.length === 0) {
+    if (!tapeRecording()) return tf.tidy(() => forward(inputs, needs, () => {}).value);
+    return recordedAsConstant(inputs, needs, forward);
+  }
   const op = tf.customGrad(
     ((...args: unknown[]) => {
       const save = args.pop() as Save;
@@ -222,6 +226,40 @@ export function customOp<T extends tf.Tensor>(
     }) as unknown as Parameters<typeof tf.customGrad>[0],
   );
   return (op as unknown as (...x: tf.Tensor[]) => T)(...active.map((k) => inputs[k]));
+}
+
+/**
+ * A {@linkcode customOp} none of whose inputs needs a gradient while a tape records: the frozen start of a network,
+ * or `tf.grad` with respect to a plain tensor, which `requiresGrad` cannot tell apart (tfjs keeps `tf.grad`'s `x`
+ * to itself). The forward pass computes nothing for a gradient, as for constants, but the node goes on the tape
+ * with every float input, so that tfjs's own gradient reaches through it; only in `tf.grad`'s case is its gradient
+ * asked for, and then the forward pass runs again as if every float input needed one. An input the op gives no
+ * gradient for (attention's mask) gets zeros: the op treats it as a constant.
+ */
+function recordedAsConstant<T extends tf.Tensor>(
+  inputs: tf.Tensor[],
+  needs: boolean[],
+  forward: (inputs: tf.Tensor[], needs: boolean[], save: Save) => Forward<T>,
+): T {
+  const floats = inputs.flatMap((t, i) => (t.dtype === "float32" ? [i] : []));
+  if (floats.length === 0) return tf.tidy(() => forward(inputs, needs, () => {}).value);
+  const wanted = inputs.map((t) => t.dtype === "float32");
+  const op = tf.customGrad(
+    ((...args: unknown[]) => {
+      const save = args.pop() as Save;
+      save(inputs); // the backward pass runs the forward again, after tfjs has freed the forward's intermediates
+      return {
+        value: tf.tidy(() => forward(inputs, needs, () => {}).value),
+        gradFunc: (dy: T, all: tf.Tensor[]) =>
+          tf.tidy(() => {
+            let kept: tf.Tensor[] = [];
+            const grads = forward(all, wanted, (t) => (kept = t)).backward(dy, kept);
+            return floats.map((k) => grads[k] ?? tf.zerosLike(all[k]));
+          }),
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0],
+  );
+  return (op as unknown as (...x: tf.Tensor[]) => T)(...floats.map((k) => inputs[k]));
 }
 
 /**

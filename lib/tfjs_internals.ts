@@ -111,6 +111,30 @@ export function releaseAbandonedTape(): void {
 }
 
 /**
+ * Whether an operation run now is recorded on a gradient tape: inside `tf.grad`, `tf.variableGrads` or `minimize`,
+ * and not inside a kernel or a custom gradient's forward pass, whose inner operations tfjs does not record. Relies
+ * on `tf.engine().state`'s `gradientDepth` and `kernelDepth` (tfjs's own `isTapeOn`); without them it answers
+ * `true`, which costs a tape node, never a wrong gradient.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import * as tf from "@tensorflow/tfjs";
+ * import { tapeRecording } from "./tfjs_internals.ts";
+ * assert.equal(tapeRecording(), false);
+ * tf.grad((x) => {
+ *   assert.equal(tapeRecording(), true);
+ *   return tf.square(x);
+ * })(tf.scalar(1));
+ * ```
+ */
+export function tapeRecording(): boolean {
+  const state = tf.engine().state as unknown as { gradientDepth?: unknown; kernelDepth?: unknown };
+  if (typeof state.gradientDepth !== "number" || typeof state.kernelDepth !== "number") return true;
+  return state.gradientDepth > 0 && state.kernelDepth === 0;
+}
+
+/**
  * Stops tfjs printing "Hi there 👋. Looks like you are running TensorFlow.js in Node.js" the first time its
  * cpu backend stores a tensor: Deno looks like Node.js to it, and the cpu backend serves internally even
  * when wasm is selected. Marks the cpu backend as already greeted through its `firstUse` flag.

@@ -120,24 +120,30 @@ for (const simd of [true, false]) {
   });
 }
 
-Deno.test("cross-entropy: loss and gradient match, with ignored and out-of-vocabulary targets", async () => {
-  const logits = normal([3, 4, 7], 6, 4);
-  const targets = tf.tensor2d([[1, 6, -1, 0], [3, 3, 7, 2], [-1, -1, 5, 4]], [3, 4], "int32");
-  const none = tf.fill([3, 4], -1, "int32") as tf.Tensor2D;
-  await assertNoLeak(() => {
-    for (const [name, t] of [["mixed", targets], ["all ignored", none]] as const) {
-      const { fused, readable } = bothWays(() =>
-        valueAndGrads(([z]) => sequenceCrossEntropy(z as tf.Tensor3D, t), [logits], [true])
-      );
-      if (name === "all ignored") {
-        assertEquals(fused[0].dataSync()[0], 0, "no counted position: loss 0");
-        assert.ok(fused[1].dataSync().every((g) => g === 0), "and no gradient");
-      }
-      compare(`cross-entropy, ${name}`, fused, readable, 2e-6);
+for (const simd of [true, false]) {
+  Deno.test(`cross-entropy (${simd ? "vector loops" : "JavaScript"}): loss and gradient match, with ignored and out-of-vocabulary targets`, async () => {
+    // vocabularies of 7 (a last group of four overlapping the one before), 8 and 3 (too few for the vector loops)
+    for (const vocab of [7, 8, 3]) {
+      const logits = normal([3, 4, vocab], 6, 4);
+      const targets = tf.tensor2d([[1, vocab - 1, -1, 0], [2, 2, vocab, 2], [-1, -1, 1, 0]], [3, 4], "int32");
+      const none = tf.fill([3, 4], -1, "int32") as tf.Tensor2D;
+      await assertNoLeak(() => {
+        for (const [name, t] of [["mixed", targets], ["all ignored", none]] as const) {
+          const { fused, readable } = bothWays(
+            () => valueAndGrads(([z]) => sequenceCrossEntropy(z as tf.Tensor3D, t), [logits], [true]),
+            simd,
+          );
+          if (name === "all ignored") {
+            assertEquals(fused[0].dataSync()[0], 0, "no counted position: loss 0");
+            assert.ok(fused[1].dataSync().every((g) => g === 0), "and no gradient");
+          }
+          compare(`cross-entropy over ${vocab}, ${name}`, fused, readable, 2e-6);
+        }
+      });
+      tf.dispose([logits, targets, none]);
     }
   });
-  tf.dispose([logits, targets, none]);
-});
+}
 
 // [batch, time, width, heads]: heads of 4 values (vector loops, time padded to 8); one position (a single row);
 // heads of 16 over an odd time (the loops' two-row, sixteen-column blocks and their odd last row); of 20 (a block
@@ -176,6 +182,23 @@ for (const simd of [true, false]) {
     }
   });
 }
+
+Deno.test("tf.grad with respect to plain tensors reaches through every fused op, as through the formulas", async () => {
+  // No input is a variable, so the ops see constants; tfjs's gradient must still find its way through their nodes.
+  const x = normal([2, 5, 8], 21, 2), w = normal([8], 22), b = normal([8], 23);
+  const targets = tf.tensor2d([[1, 7, -1, 0, 3], [2, 2, 5, 4, 6]], [2, 5], "int32") as tf.Tensor2D;
+  const mask = causalMask(5);
+  const loss = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => {
+    const h = gelu(layerNorm(x, w as tf.Tensor1D, b as tf.Tensor1D));
+    return sequenceCrossEntropy(causalAttention(h, h, h, 2, mask) as tf.Tensor3D, targets);
+  };
+  await assertNoLeak(() => {
+    const { fused, readable } = bothWays(() => tf.tidy(() => tf.grads(loss)([x, w, b])));
+    assert.ok(fused.every((g) => g.dataSync().some((v) => v !== 0)), "gradients that are not all zeros");
+    compare("tf.grads of a block's ops", fused, readable, 1e-5);
+  });
+  tf.dispose([x, w, b, targets, mask]);
+});
 
 Deno.test("the fused Identity shares its input's buffer: a clone costs no copy and outlives the original", async () => {
   const x = tf.tensor1d([1, 2, 3]);

@@ -10,6 +10,7 @@ import {
   releaseAbandonedTape,
   requiresGrad,
   silenceCpuBanner,
+  tapeRecording,
   tfSeed,
   wasmHeap,
 } from "../lib/tfjs_internals.ts";
@@ -36,6 +37,26 @@ Deno.test("requiresGrad: trainable variables and what is computed from them, not
   assertEquals([requiresGrad(w), requiresGrad(frozen)], [true, false]);
   assertEquals(requiresGrad(x), false, "outside a gradient nothing is recorded");
   tf.dispose([w, frozen, x, value, ...Object.values(grads)]);
+});
+
+Deno.test("tapeRecording: inside tf.grad, not outside it, not inside a custom gradient's forward pass", () => {
+  const seen: boolean[] = [tapeRecording()], three = tf.scalar(3);
+  const inner = tf.customGrad((x, save) => {
+    (save as (t: tf.Tensor[]) => void)([x as tf.Tensor]);
+    seen.push(tapeRecording());
+    return {
+      value: tf.square(x as tf.Tensor),
+      gradFunc: (dy: tf.Tensor, [x]: tf.Tensor[]) => tf.mul(dy, tf.mul(x, 2)),
+    };
+  });
+  const dx = tf.grad((x) => {
+    seen.push(tapeRecording());
+    return inner(x) as tf.Tensor;
+  })(three);
+  seen.push(tapeRecording());
+  assertEquals(seen, [false, true, false, false]);
+  assertEquals(dx.dataSync()[0], 6);
+  tf.dispose([dx, three]);
 });
 
 Deno.test("releaseAbandonedTape frees what an error inside a gradient leaves on tfjs's tape", () => {
