@@ -1,7 +1,8 @@
 /**
  * Micro-benchmarks behind the choices in `lib/gpt/ops.ts`, each against the TensorFlow.js operation it replaces,
  * at the shapes of the bench's GPT (batch 64 × 16 positions, width 64, 4 heads): attention's per-head products,
- * the embedding lookup, and sums over rows. `deno bench` reports the time per call and the ratio to the
+ * the embedding lookup, sums over rows, and (where the fused kernels run) the cross-entropy's vector loops against
+ * its JavaScript loop. `deno bench` reports the time per call and the ratio to the
  * baseline of each group. Every call gets fresh input tensors, as in training, where wasm cannot reuse the
  * packed copy of an operand it has seen before. On the backend `LORA_BACKEND` names (default wasm).
  *
@@ -12,6 +13,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/mod.ts";
 import { channelMatMul, embeddingLookup, sumRows } from "../lib/gpt/mod.ts";
+import { enableFused, fusedCrossEntropy, fusedInUse } from "../lib/fused.ts";
 
 await initBackend();
 
@@ -55,4 +57,22 @@ for (const width of [64, 256]) {
   Deno.bench("tf.sum(x, 0)", { group, baseline: true }, fresh([[1024, width]], (x) => tf.sum(x, 0)));
   Deno.bench("ones·x", { group }, fresh([[1024, width]], (x) => tf.matMul(tf.ones([1, 1024]), x)));
   Deno.bench("sumRows (average pool)", { group }, fresh([[1024, width]], (x) => sumRows(x as tf.Tensor2D)));
+}
+
+// The fused sequence cross-entropy with its gradient (lib/fused.ts, on wasm): its softmax rows in the vector loops
+// of simd.wat against its JavaScript loop, at the GPT's shape and at a vocabulary of SmolLM2-135M's size.
+if (fusedInUse()) {
+  for (const [rows, vocab] of [[1024, 30], [256, 49152]]) {
+    const group = `sequence cross-entropy and its gradient, ${rows} × ${vocab.toLocaleString("en-US")}`;
+    const logits = tf.tensor(values(rows * vocab), [rows, vocab]);
+    const targets = tf.tensor1d(Int32Array.from({ length: rows }, (_, i) => (i * 7) % vocab), "int32");
+    const run = (simd: boolean) => () => {
+      enableFused({ simd });
+      const { loss, grad } = fusedCrossEntropy(logits, targets, true);
+      tf.dispose([loss, grad!]);
+      enableFused();
+    };
+    Deno.bench("JavaScript loop", { group, baseline: true }, run(false));
+    Deno.bench("vector loops (softmax_rows)", { group }, run(true));
+  }
 }
