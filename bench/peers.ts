@@ -269,10 +269,11 @@ export async function runPeers(options: PeersOptions): Promise<PeersReport> {
     const comparisons: Comparison[] = ourRunners.flatMap((ours) =>
       peerRunners.filter((peer) => peer.threads === ours.threads).map((peer) => ({ ours, peer }))
     );
-    const blasVsWasm = ourRunners.filter((r) => r.name === "wasm+blas").map((ours) => ({
-      ours,
-      peer: ourRunners.find((r) => r.name === "wasm")!,
-    }));
+    // wasm+blas against plain wasm, which runs only where one thread is asked for (--threads without 1: none)
+    const plain = ourRunners.find((r) => r.name === "wasm");
+    const blasVsWasm = plain === undefined
+      ? []
+      : ourRunners.filter((r) => r.name === "wasm+blas").map((ours) => ({ ours, peer: plain }));
     const configs = options.models.flatMap((m) => (["full", "lora"] as const).map((t) => [m, t] as const));
     const loads: number[] = [];
     const started = performance.now();
