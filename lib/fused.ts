@@ -369,6 +369,11 @@ function sharedIdentity(args: KernelArgs): KernelTensor {
 }
 
 /** The vector loops for `backend` when they are in use and `fits`; else null (the JavaScript loops run). */
+/** Frees a scratch buffer a kernel made with `makeOutput` and does not return. */
+function freeScratch(backend: object, scratch: KernelTensor): void {
+  (backend as { disposeData(dataId: object): void }).disposeData(scratch.dataId);
+}
+
 function vectorLoops(backend: object, fits: boolean): SimdLoops | null {
   return simd && fits ? simdLoops(backend) : null;
 }
@@ -585,7 +590,7 @@ function attentionKernel(args: KernelArgs): KernelTensor[] {
     const scratch = heap.makeOutput([attentionScratch(size, time)]);
     const at = (t: KernelTensor) => 4 * heap.index(t);
     loops.attention(at(q), at(k), at(v), at(mask), at(out), at(p), at(scratch), batch, time, width, heads, scale);
-    (args.backend as { disposeData(dataId: object): void }).disposeData(scratch.dataId);
+    freeScratch(args.backend, scratch);
     return [out, p];
   }
   const f = heap.floats();
@@ -667,7 +672,7 @@ function attentionGradKernel(args: KernelArgs): KernelTensor[] {
       scale,
       both ? 1 : 0,
     );
-    (args.backend as { disposeData(dataId: object): void }).disposeData(scratch.dataId);
+    freeScratch(args.backend, scratch);
     return dq === null ? [dv] : [dv, dq, dk!];
   }
   const f = heap.floats();
@@ -774,74 +779,41 @@ function crossEntropyKernel(args: KernelArgs): KernelTensor[] {
   const [rows, vocab] = logits.shape;
   const heap = heapOf(args.backend);
   const loss = heap.makeOutput([]), grad = args.attrs.gradient === true ? heap.makeOutput(logits.shape) : null;
+  const iz = heap.index(logits), it = heap.index(targets), ig = grad === null ? -1 : heap.index(grad);
+  const counted = (t: number) => t >= 0 && t < vocab;
+  // Per row, the largest logit and the sum of e^(z − max), the exponentials kept in the gradient's row (which the
+  // last pass only scales, once the number of counted rows, the mean's divisor, is known): four at a time in the
+  // vector loops (softmax_rows; a logarithm per row and the scaling stay here), else one at a time.
   const loops = vectorLoops(args.backend, vocab >= 4);
-  if (loops !== null) return vectorCrossEntropy(args, loops, loss, grad);
+  const pieces = loops === null ? null : heap.makeOutput([2, rows]);
   const f = heap.floats(), ints = new Int32Array(f.buffer);
-  const iz = heap.index(logits), it = heap.index(targets), ig = grad === null ? -1 : heap.index(grad);
-  let total = 0, count = 0;
-  const sums = new Float64Array(rows);
-  // the exponentials go into the gradient's rows as they are summed; the second pass only scales them, once the
-  // number of counted rows (the mean's divisor) is known
-  for (let r = 0; r < rows; r++) {
-    const t = ints[it + r], o = iz + r * vocab, g = ig + r * vocab;
-    if (!(t >= 0 && t < vocab)) continue;
-    let max = -Infinity;
-    for (let j = 0; j < vocab; j++) if (f[o + j] > max) max = f[o + j];
-    let sum = 0;
-    if (ig >= 0) { for (let j = 0; j < vocab; j++) sum += f[g + j] = expNonPositive(f[o + j] - max); }
-    else for (let j = 0; j < vocab; j++) sum += expNonPositive(f[o + j] - max);
-    sums[r] = sum;
-    total += Math.log(sum) - (f[o + t] - max);
-    count++;
-  }
-  const scale = 1 / Math.max(count, 1);
-  f[heap.index(loss)] = total * scale;
-  if (ig >= 0) {
+  let maxes: ArrayLike<number>, sums: ArrayLike<number>, scaleRow: (g: number, factor: number) => void;
+  if (loops !== null) {
+    const ip = heap.index(pieces!);
+    loops.softmax_rows(4 * iz, 4 * Math.max(ig, 0), 4 * ip, 4 * (ip + rows), rows, vocab, ig >= 0 ? 1 : 0);
+    [maxes, sums] = [f.subarray(ip, ip + rows), f.subarray(ip + rows, ip + 2 * rows)];
+    scaleRow = (g, factor) => loops.scale(4 * g, vocab, factor);
+  } else {
+    const top = new Float64Array(rows), total = new Float64Array(rows);
     for (let r = 0; r < rows; r++) {
-      const t = ints[it + r], g = ig + r * vocab;
-      if (!(t >= 0 && t < vocab)) {
-        f.fill(0, g, g + vocab);
-        continue;
-      }
-      const norm = scale / sums[r];
-      for (let j = 0; j < vocab; j++) f[g + j] *= norm;
-      f[g + t] -= scale;
+      if (!counted(ints[it + r])) continue;
+      const o = iz + r * vocab, g = ig + r * vocab;
+      let max = -Infinity, sum = 0;
+      for (let j = 0; j < vocab; j++) if (f[o + j] > max) max = f[o + j];
+      if (ig >= 0) { for (let j = 0; j < vocab; j++) sum += f[g + j] = expNonPositive(f[o + j] - max); }
+      else for (let j = 0; j < vocab; j++) sum += expNonPositive(f[o + j] - max);
+      [top[r], total[r]] = [max, sum];
     }
+    [maxes, sums] = [top, total];
+    scaleRow = (g, factor) => {
+      for (let j = 0; j < vocab; j++) f[g + j] *= factor;
+    };
   }
-  return grad === null ? [loss] : [loss, grad];
-}
-
-/**
- * The sequence cross-entropy with the softmax's rows in the vector loops (`softmax_rows`: maximum, exponentials
- * into the gradient, their sum) and only a logarithm per row and the scaling (`scale`) left to JavaScript: the
- * exponentials, nearly all the work for a vocabulary of thousands, four at a time.
- */
-function vectorCrossEntropy(
-  args: KernelArgs,
-  loops: SimdLoops,
-  loss: KernelTensor,
-  grad: KernelTensor | null,
-): KernelTensor[] {
-  const { logits, targets } = args.inputs;
-  const [rows, vocab] = logits.shape;
-  const heap = heapOf(args.backend), pieces = heap.makeOutput([2, rows]);
-  const ip = heap.index(pieces);
-  loops.softmax_rows(
-    4 * heap.index(logits),
-    grad === null ? 0 : 4 * heap.index(grad),
-    4 * ip,
-    4 * (ip + rows),
-    rows,
-    vocab,
-    grad === null ? 0 : 1,
-  );
-  const f = heap.floats(), ints = new Int32Array(f.buffer);
-  const iz = heap.index(logits), it = heap.index(targets), ig = grad === null ? -1 : heap.index(grad);
   let total = 0, count = 0;
   for (let r = 0; r < rows; r++) {
     const t = ints[it + r];
-    if (!(t >= 0 && t < vocab)) continue;
-    total += Math.log(f[ip + rows + r]) - (f[iz + r * vocab + t] - f[ip + r]);
+    if (!counted(t)) continue;
+    total += Math.log(sums[r]) - (f[iz + r * vocab + t] - maxes[r]);
     count++;
   }
   const scale = 1 / Math.max(count, 1);
@@ -849,15 +821,15 @@ function vectorCrossEntropy(
   if (ig >= 0) {
     for (let r = 0; r < rows; r++) {
       const t = ints[it + r], g = ig + r * vocab;
-      if (!(t >= 0 && t < vocab)) {
+      if (!counted(t)) {
         f.fill(0, g, g + vocab);
         continue;
       }
-      loops.scale(4 * g, vocab, scale / f[ip + rows + r]);
+      scaleRow(g, scale / sums[r]);
       f[g + t] -= scale;
     }
   }
-  (args.backend as { disposeData(dataId: object): void }).disposeData(pieces.dataId);
+  if (pieces !== null) freeScratch(args.backend, pieces);
   return grad === null ? [loss] : [loss, grad];
 }
 
