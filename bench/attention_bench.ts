@@ -1,7 +1,7 @@
 /**
  * The fused attention (forward and backward, queries, keys and values all needing gradients) in the vector loops of
  * `lib/simd.wat` against the same kernel with BLAS products, per head shape, on one thread: what
- * `VECTOR_ATTENTION_MAX_VALUES` in `lib/fused.ts` is chosen from.
+ * `VECTOR_ATTENTION_MAX_VALUES` in `lib/fused_kernels.ts` is chosen from.
  *
  *     deno run --allow-read --allow-env --allow-ffi bench/attention_bench.ts
  *

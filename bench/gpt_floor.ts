@@ -96,7 +96,7 @@ for (const [r, c, name, count] of blas ? [] : transposes) {
   row(`transpose ${name}`, `${r}×${c}`, count, await withFresh(values, [r, c], (t) => tf.transpose(t)), 0);
 }
 // Attention's per-head products: 2 forward, 4 backward per layer, as the step runs them. In the fused attention's
-// vector loops (lib/fused.ts: on wasm, and with BLAS for heads up to VECTOR_ATTENTION_MAX_VALUES), timed whole,
+// vector loops (lib/fused_kernels.ts: on wasm, and with BLAS for heads up to VECTOR_ATTENTION_MAX_VALUES), timed whole,
 // forward and backward with the softmax, since the loops' products cannot be called alone; with BLAS for larger
 // heads, one cblas_sgemm per head and sequence (softmax not counted); with LORA_FUSED=off, as the depthwise
 // convolutions of the readable path (lib/gpt/ops.ts).

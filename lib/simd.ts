@@ -1,7 +1,8 @@
 /**
  * The vector loops of `simd.wat` (four float32 lanes per instruction), instantiated on the wasm backend's own
- * WebAssembly memory, so they read and write tensors where they lie. `fused.ts` runs GELU, layer normalisation and
- * attention through them when they are available, and its JavaScript loops (or BLAS products) otherwise.
+ * WebAssembly memory, so they read and write tensors where they lie. `fused_kernels.ts` runs GELU, layer
+ * normalisation, attention and the cross-entropy's softmax through them when they are available, and its JavaScript
+ * loops (or BLAS products) otherwise.
  *
  * @module
  */

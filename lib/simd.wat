@@ -1,5 +1,5 @@
-;; Vector (SIMD, four float32 lanes) loops for the fused kernels of fused.ts, run on the wasm backend's own memory:
-;; the module imports TensorFlow.js's WebAssembly.Memory, so tensors are read and written where they lie. Every
+;; Vector (SIMD, four float32 lanes) loops for the fused kernels of fused_kernels.ts, run on the wasm backend's own
+;; memory: the module imports TensorFlow.js's WebAssembly.Memory, so tensors are read and written where they lie. Every
 ;; pointer is a byte offset on that memory. JavaScript runs each of these loops as one value at a time; here one
 ;; instruction handles four.
 ;;
@@ -559,7 +559,7 @@
 
   ;; Per row r < rows of x [rows, n] (n ≥ 4 values): the largest value into maxes[r], e = e^(x − max) into the row
   ;; of out (when $store), and the sum of the row's e into sums[r]: the softmax's pieces, which cross-entropy
-  ;; completes (fused.ts). When n is not a multiple of four, the last group of four overlaps the one before it;
+  ;; completes (fused_kernels.ts). When n is not a multiple of four, the last group of four overlaps the one before it;
   ;; the lanes already counted are masked out of the sum.
   (func (export "softmax_rows") (param $x i32) (param $out i32) (param $maxes i32) (param $sums i32) (param $rows i32)
     (param $n i32) (param $store i32)
