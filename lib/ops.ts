@@ -179,8 +179,8 @@ export interface Forward<T extends tf.Tensor> {
  * Runs `forward` as one node of the gradient tape whose inputs are only those of `inputs` that need a gradient
  * (`requiresGrad`; the others enter as constants); outside a gradient it is a plain tidy computation. When a tape
  * records but no input needs a gradient (a frozen start of a network, or `tf.grad` with respect to a plain tensor),
- * the node is still recorded, so that `tf.grad` reaches through fused kernels too. `forward` learns which inputs need a gradient (`needs`) and must `save` every tensor its
- * backward pass reads. The backward pass runs in its own tidy: tfjs runs a custom gradient outside the per-node
+ * the node is still recorded, so that `tf.grad` reaches through fused kernels too. `forward` learns which inputs
+ * need a gradient (`needs`) and must `save` every tensor its backward pass reads. The backward pass runs in its own tidy: tfjs runs a custom gradient outside the per-node
  * scope its own gradients get, so without it every temporary of every backward pass would live until the whole
  * backward pass ends. The operations of `gpt/ops.ts` and `hf/ops.ts` are built on it.
  *
@@ -205,16 +205,40 @@ export function customOp<T extends tf.Tensor>(
 ): T {
   const needs = inputs.map((t) => requiresGrad(t));
   const active = needs.flatMap((need, i) => (need ? [i] : []));
-  if (active.length === 0) {
-    if (!tapeRecording()) return tf.tidy(() => forward(inputs, needs, () => {}).value);
-    return recordedAsConstant(inputs, needs, forward);
-  }
+  if (active.length > 0) return onTape(inputs, active, (all, save) => forward(all, needs, save));
+  const floats = inputs.flatMap((t, i) => (t.dtype === "float32" ? [i] : []));
+  if (!tapeRecording() || floats.length === 0) return tf.tidy(() => forward(inputs, needs, () => {}).value);
+  // A tape records, yet no input needs a gradient: the frozen start of a network, or `tf.grad` with respect to a
+  // plain tensor, which requiresGrad cannot tell apart (tfjs keeps tf.grad's x to itself). The forward pass computes
+  // nothing for a gradient, but the node goes on the tape with every float input, so that tfjs's gradient reaches
+  // through it. Only in tf.grad's case is that gradient asked for; the forward pass then runs again as if every float
+  // input needed one, and an input the op gives no gradient for (attention's mask) gets zeros, as a constant.
+  const wanted = inputs.map((t) => t.dtype === "float32");
+  return onTape(inputs, floats, (all, save) => {
+    save(all); // read again by the backward pass, after tfjs has freed the forward's intermediates
+    return {
+      value: tf.tidy(() => forward(all, needs, () => {}).value),
+      backward: (dy, saved) => {
+        let kept: tf.Tensor[] = [];
+        const grads = forward(saved, wanted, (t) => (kept = t)).backward(dy, kept);
+        return grads.map((g, k) => g ?? (wanted[k] ? tf.zerosLike(saved[k]) : null));
+      },
+    };
+  });
+}
+
+/** `run` as one node of the tape whose inputs are `inputs[k]` for k in `active`; the others enter as they are. */
+function onTape<T extends tf.Tensor>(
+  inputs: tf.Tensor[],
+  active: number[],
+  run: (all: tf.Tensor[], save: Save) => Forward<T>,
+): T {
   const op = tf.customGrad(
     ((...args: unknown[]) => {
       const save = args.pop() as Save;
       const all = [...inputs];
       active.forEach((k, j) => (all[k] = args[j] as tf.Tensor));
-      const { value, backward } = forward(all, needs, save);
+      const { value, backward } = run(all, save);
       return {
         value,
         gradFunc: (dy: T, saved: tf.Tensor[]) =>
@@ -226,40 +250,6 @@ export function customOp<T extends tf.Tensor>(
     }) as unknown as Parameters<typeof tf.customGrad>[0],
   );
   return (op as unknown as (...x: tf.Tensor[]) => T)(...active.map((k) => inputs[k]));
-}
-
-/**
- * A {@linkcode customOp} none of whose inputs needs a gradient while a tape records: the frozen start of a network,
- * or `tf.grad` with respect to a plain tensor, which `requiresGrad` cannot tell apart (tfjs keeps `tf.grad`'s `x`
- * to itself). The forward pass computes nothing for a gradient, as for constants, but the node goes on the tape
- * with every float input, so that tfjs's own gradient reaches through it; only in `tf.grad`'s case is its gradient
- * asked for, and then the forward pass runs again as if every float input needed one. An input the op gives no
- * gradient for (attention's mask) gets zeros: the op treats it as a constant.
- */
-function recordedAsConstant<T extends tf.Tensor>(
-  inputs: tf.Tensor[],
-  needs: boolean[],
-  forward: (inputs: tf.Tensor[], needs: boolean[], save: Save) => Forward<T>,
-): T {
-  const floats = inputs.flatMap((t, i) => (t.dtype === "float32" ? [i] : []));
-  if (floats.length === 0) return tf.tidy(() => forward(inputs, needs, () => {}).value);
-  const wanted = inputs.map((t) => t.dtype === "float32");
-  const op = tf.customGrad(
-    ((...args: unknown[]) => {
-      const save = args.pop() as Save;
-      save(inputs); // the backward pass runs the forward again, after tfjs has freed the forward's intermediates
-      return {
-        value: tf.tidy(() => forward(inputs, needs, () => {}).value),
-        gradFunc: (dy: T, all: tf.Tensor[]) =>
-          tf.tidy(() => {
-            let kept: tf.Tensor[] = [];
-            const grads = forward(all, wanted, (t) => (kept = t)).backward(dy, kept);
-            return floats.map((k) => grads[k] ?? tf.zerosLike(all[k]));
-          }),
-      };
-    }) as unknown as Parameters<typeof tf.customGrad>[0],
-  );
-  return (op as unknown as (...x: tf.Tensor[]) => T)(...floats.map((k) => inputs[k]));
 }
 
 /**
