@@ -2,8 +2,8 @@
  * The floor under one full-finetuning step of the bench's GPT (2 layers, width 64, 4 heads, context 16, batch
  * 64 sequences: 1,024 positions) on one backend, as `floor.ts` measures it for the MLP: the matrix products of
  * the forward and backward pass alone, the transposes wasm needs before its fast products, attention's
- * per-head products alone (with BLAS, the fused attention kernels where they run in vector loops), and Adam's update of the 104,960 parameters alone. No training step can be faster
- * than their sum, whatever else is removed.
+ * per-head products alone (the fused attention kernels where they run in vector loops), and Adam's update of the
+ * 104,960 parameters alone. No training step can be faster than their sum, whatever else is removed.
  *
  * Every product is timed with a weight operand that is new on every call, as in training: wasm packs the
  * second operand of a product (XNNPACK) and caches it per tensor, and in full finetuning every weight changes
@@ -96,9 +96,9 @@ for (const [r, c, name, count] of blas ? [] : transposes) {
   row(`transpose ${name}`, `${r}×${c}`, count, await withFresh(values, [r, c], (t) => tf.transpose(t)), 0);
 }
 // Attention's per-head products: 2 forward, 4 backward per layer, as the step runs them. In the fused attention's
-// vector loops (lib/fused_kernels.ts: on wasm, and with BLAS for heads up to VECTOR_ATTENTION_MAX_VALUES), timed whole,
-// forward and backward with the softmax, since the loops' products cannot be called alone; with BLAS for larger
-// heads, one cblas_sgemm per head and sequence (softmax not counted); with LORA_FUSED=off, as the depthwise
+// vector loops (lib/fused_kernels.ts: on wasm, and with BLAS for heads up to VECTOR_ATTENTION_MAX_VALUES), timed
+// whole, forward and backward with the softmax, since the loops' products cannot be called alone; with BLAS for
+// larger heads, one cblas_sgemm per head and sequence (softmax not counted); with LORA_FUSED=off, as the depthwise
 // convolutions of the readable path (lib/gpt/ops.ts).
 const T = GPT_BENCH_CONFIG.blockSize, heads = GPT_BENCH_CONFIG.nHead, D = C / heads, channels = 64 * heads;
 const flops = 2 * channels * T * D * T;
